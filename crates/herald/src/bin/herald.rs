@@ -1,0 +1,207 @@
+//! The `herald` command: serve, gentoken, checkconfig, version.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use herald::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Herald: a real-time push server (Centrifugo client protocol)"
+)]
+struct Cli {
+    /// Log level: error, warn, info, debug, trace (or a tracing filter). Overrides log.level.
+    #[arg(long, global = true, env = "HERALD_LOG_LEVEL")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Configuration file (.json, .yaml, .yml or .toml).
+        #[arg(long, short, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides http_server.address).
+        #[arg(long)]
+        address: Option<String>,
+        /// Port to listen on (overrides http_server.port).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Print a connection JWT (HS256, signed with client.token.hmac_secret_key) for development.
+    Gentoken {
+        /// User id (the `sub` claim).
+        #[arg(long, short, default_value = "")]
+        user: String,
+        /// Lifetime in seconds; 0 means no expiry.
+        #[arg(long, default_value_t = 3600 * 24 * 7)]
+        ttl: u64,
+        /// Channels to subscribe the connection to on the server side.
+        #[arg(long = "channel")]
+        channels: Vec<String>,
+        /// Configuration file.
+        #[arg(long, short, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file, print warnings and the effective configuration.
+    Checkconfig {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn load(config: Option<&std::path::Path>) -> Result<(Config, Vec<String>), String> {
+    Config::load(config).map_err(|e| match config {
+        Some(p) => format!("configuration {}: {e}", p.display()),
+        None => format!("configuration: {e}"),
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Version => {
+            println!("herald {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Checkconfig { config } => {
+            let (cfg, warnings) = load(Some(&config))?;
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&cfg).map_err(|e| e.to_string())?
+            );
+            eprintln!("configuration {} is valid", config.display());
+            Ok(())
+        }
+        Command::Gentoken {
+            user,
+            ttl,
+            channels,
+            config,
+        } => {
+            let (cfg, _) = load(config.as_deref())?;
+            let secret = &cfg.client.token.hmac_secret_key;
+            if secret.is_empty() {
+                return Err("client.token.hmac_secret_key is not set: gentoken needs a config with an HMAC secret".into());
+            }
+            let ttl = (ttl > 0).then(|| std::time::Duration::from_secs(ttl));
+            println!(
+                "{}",
+                herald::auth::make_hs256_token(secret, &user, ttl, &channels)
+            );
+            Ok(())
+        }
+        Command::Serve {
+            config,
+            address,
+            port,
+        } => {
+            let (mut cfg, warnings) = load(config.as_deref())?;
+            init_logging(cli.log_level.as_deref().unwrap_or("info"));
+            for w in &warnings {
+                tracing::warn!("{w}");
+            }
+            if let Some(a) = address {
+                cfg.http_server.address = a;
+            }
+            if let Some(p) = port {
+                cfg.http_server.port = p;
+            }
+            if cfg.client.token.hmac_secret_key.is_empty()
+                && cfg.client.token.rsa_public_key.is_empty()
+                && cfg.client.token.ecdsa_public_key.is_empty()
+                && !cfg.client.insecure
+            {
+                let secret = herald::auth::generate_secret();
+                tracing::warn!(
+                    "no client.token key configured: generated a development HMAC secret for this run: {secret}"
+                );
+                cfg.client.token.hmac_secret_key = secret;
+            }
+            raise_fd_limit();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the runtime: {e}"))?;
+            runtime.block_on(serve(cfg))
+        }
+    }
+}
+
+fn raise_fd_limit() {
+    match rlimit::Resource::NOFILE.get() {
+        Ok((soft, hard)) => {
+            let raised = rlimit::Resource::NOFILE.set(hard, hard).is_ok();
+            tracing::info!(soft, hard, raised, "open file limit (soft raised to hard)");
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the open file limit"),
+    }
+}
+
+async fn serve(cfg: Config) -> Result<(), String> {
+    let node = herald::node::Node::new(cfg).map_err(|e| e.to_string())?;
+    let server = herald::server::Server::bind(node.clone())
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {}:{}: {e}",
+                node.config.http_server.address, node.config.http_server.port
+            )
+        })?;
+    let addr = server.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "herald listening: WebSocket at ws://{addr}/connection/websocket, API at http://{addr}/api");
+    server.run(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

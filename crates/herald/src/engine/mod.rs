@@ -1,0 +1,190 @@
+//! The engine: the two seams that swap at run time. [`Broker`] moves publications, join and
+//! leave events between nodes and keeps each channel's history stream; [`PresenceManager`]
+//! keeps who is subscribed where. `memory` is the single-process default; a Redis engine
+//! implements the same traits later.
+
+pub mod memory;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// Who published or joined: the protocol's ClientInfo.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// User id from the token ("" for anonymous).
+    pub user: String,
+    /// Client (connection) id.
+    pub client: String,
+    /// Connection info from the token, raw JSON.
+    pub conn_info: Bytes,
+    /// Channel info from the subscription token, raw JSON.
+    pub chan_info: Bytes,
+}
+
+/// One publication in a channel stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Publication {
+    /// Application payload (raw JSON for JSON clients, any bytes for Protobuf clients).
+    pub data: Bytes,
+    /// Publisher, when a client published.
+    pub info: Option<ClientInfo>,
+    /// Position in the channel stream; 0 when the channel keeps no history.
+    pub offset: u64,
+    /// Optional key-value tags from the server API.
+    pub tags: HashMap<String, String>,
+    /// Unix time in milliseconds when the broker accepted it.
+    pub time: i64,
+}
+
+/// A position in a channel stream: the offset of the last publication and the stream's
+/// epoch, which changes whenever the stream is lost (restart, expiry, removal).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StreamPosition {
+    /// Offset of the newest publication (0 for an empty stream).
+    pub offset: u64,
+    /// Identity of this incarnation of the stream.
+    pub epoch: String,
+}
+
+/// How a publication is kept.
+#[derive(Clone, Debug, Default)]
+pub struct PublishOptions {
+    /// Keep at most this many publications (0: no history).
+    pub history_size: usize,
+    /// Keep each publication at most this long.
+    pub history_ttl: Duration,
+    /// How long the stream position outlives its last publication (0: the broker's default).
+    pub history_meta_ttl: Duration,
+}
+
+/// Which part of a history stream to read.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryFilter {
+    /// Start after this position (exclusive); its epoch must match the stream's.
+    pub since: Option<StreamPosition>,
+    /// At most this many publications; `None` for all, `Some(0)` for the position only.
+    pub limit: Option<usize>,
+    /// Newest first.
+    pub reverse: bool,
+}
+
+/// The result of a history read.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryResult {
+    /// The matching publications in the requested order.
+    pub publications: Vec<Arc<Publication>>,
+    /// The stream's current top position.
+    pub position: StreamPosition,
+}
+
+/// Engine failure; shown to clients as an internal error.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The backing store failed or is unreachable.
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Receives events from the broker. Registered once by the node at start.
+///
+/// Calls for one channel arrive in stream order and never concurrently; implementations
+/// must not block (they hand bytes to bounded queues and return).
+pub trait BrokerEventHandler: Send + Sync {
+    /// A publication was appended to `channel` (on this node or another).
+    fn handle_publication(
+        &self,
+        channel: &str,
+        publication: Arc<Publication>,
+        position: &StreamPosition,
+    );
+    /// A client joined `channel`.
+    fn handle_join(&self, channel: &str, info: &ClientInfo);
+    /// A client left `channel`.
+    fn handle_leave(&self, channel: &str, info: &ClientInfo);
+}
+
+/// Moves channel events between nodes and keeps history streams.
+///
+/// Delivery between nodes is at most once; clients close gaps through recovery with the
+/// (offset, epoch) positions this trait returns.
+#[async_trait]
+pub trait Broker: Send + Sync {
+    /// Registers the handler that receives every event for channels this node subscribed to.
+    fn register_handler(&self, handler: Arc<dyn BrokerEventHandler>);
+    /// Starts delivering `channel`'s events to this node. Idempotent.
+    async fn subscribe(&self, channel: &str) -> Result<(), EngineError>;
+    /// Stops delivering `channel`'s events to this node. Idempotent.
+    async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError>;
+    /// Appends to history (atomically per channel: offsets rise by exactly one) and delivers.
+    /// Returns the publication's position; offset 0 when `opts.history_size` is 0.
+    async fn publish(
+        &self,
+        channel: &str,
+        publication: Publication,
+        opts: &PublishOptions,
+    ) -> Result<StreamPosition, EngineError>;
+    /// Delivers a join event.
+    async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), EngineError>;
+    /// Delivers a leave event.
+    async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), EngineError>;
+    /// Reads a history stream. An epoch in `filter.since` that does not match returns no
+    /// publications and the current position, so the caller can tell the gap is lost.
+    async fn history(
+        &self,
+        channel: &str,
+        filter: &HistoryFilter,
+    ) -> Result<HistoryResult, EngineError>;
+    /// Drops a channel's publications; the next publication starts a new epoch.
+    async fn remove_history(&self, channel: &str) -> Result<(), EngineError>;
+}
+
+/// Who is in a channel right now.
+#[async_trait]
+pub trait PresenceManager: Send + Sync {
+    /// Adds or refreshes a client's presence; it expires after `ttl` unless refreshed.
+    async fn add(&self, channel: &str, info: &ClientInfo, ttl: Duration)
+    -> Result<(), EngineError>;
+    /// Removes a client's presence.
+    async fn remove(&self, channel: &str, client: &str) -> Result<(), EngineError>;
+    /// Every client present, by client id.
+    async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, EngineError>;
+    /// Number of clients and of distinct users present.
+    async fn stats(&self, channel: &str) -> Result<(u32, u32), EngineError>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl ClientInfo {
+    /// The wire form.
+    pub fn to_proto(&self) -> crate::protocol::proto::ClientInfo {
+        crate::protocol::proto::ClientInfo {
+            user: self.user.clone(),
+            client: self.client.clone(),
+            conn_info: self.conn_info.clone(),
+            chan_info: self.chan_info.clone(),
+        }
+    }
+}
+
+impl Publication {
+    /// The wire form; `data` is shared, not copied.
+    pub fn to_proto(&self) -> crate::protocol::proto::Publication {
+        crate::protocol::proto::Publication {
+            data: self.data.clone(),
+            info: self.info.as_ref().map(ClientInfo::to_proto),
+            offset: self.offset,
+            tags: self.tags.clone(),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! The hub: this node's registry of who listens where. Channel to subscribers and user to
+//! clients, sharded so that publishers on different channels do not contend.
+//!
+//! Invariants:
+//! - A publication is encoded at most once per encoding and the same [`Bytes`] go to every
+//!   subscriber's queue; the hub never copies a payload per client and never awaits one.
+//! - Every client has one bounded [`ClientQueue`]. A push that would exceed its byte limit
+//!   closes the queue with the "slow" disconnect instead of growing memory.
+//! - A new subscription is *pending* until the session has queued its subscribe reply:
+//!   deliveries meanwhile are buffered and released right after the reply, dropping those
+//!   the reply already covered. This is what makes recovery exact (no gap, no duplicate).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{ClientInfo, Publication};
+use crate::error::Disconnect;
+use crate::protocol::{ENCODINGS, Encoding, Reply, proto};
+
+const SHARDS: usize = 64;
+
+fn shard_of<K: Hash + ?Sized>(key: &K) -> usize {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() as usize) % SHARDS
+}
+
+/// Numeric id of a client inside this process.
+pub type ClientId = u64;
+
+/// What the node asks a session to do; delivered through the session's control channel.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// Close the connection with this code.
+    Disconnect(Disconnect),
+    /// End the subscription to a channel (server-side unsubscribe).
+    Unsubscribe {
+        /// Channel to leave.
+        channel: String,
+    },
+    /// Subscribe the client to a channel on the server's initiative.
+    Subscribe {
+        /// Channel to join.
+        channel: String,
+    },
+    /// Change the connection's expiry (server-side refresh); `None` never expires.
+    Refresh {
+        /// Unix seconds.
+        expire_at: Option<i64>,
+        /// Expire now.
+        expired: bool,
+    },
+    /// Commands that arrived for this session by another path (emulation endpoint).
+    Frame(Bytes),
+}
+
+/// Bound on pending control messages per session; they are rare.
+const CONTROL_QUEUE: usize = 64;
+
+struct QueueState {
+    items: VecDeque<Bytes>,
+    bytes: usize,
+    close: Option<Disconnect>,
+}
+
+/// A client's bounded outbound queue of encoded messages.
+pub struct ClientQueue {
+    state: Mutex<QueueState>,
+    notify: Notify,
+    closed: CancellationToken,
+    max_bytes: usize,
+    encoding: Encoding,
+}
+
+/// What a writer takes from the queue in one go.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Encoded messages to write, in order.
+    pub items: Vec<Bytes>,
+    /// Set when the connection must close after the items.
+    pub close: Option<Disconnect>,
+}
+
+impl ClientQueue {
+    fn new(encoding: Encoding, max_bytes: usize) -> Self {
+        ClientQueue {
+            state: Mutex::new(QueueState {
+                items: VecDeque::new(),
+                bytes: 0,
+                close: None,
+            }),
+            notify: Notify::new(),
+            closed: CancellationToken::new(),
+            max_bytes,
+            encoding,
+        }
+    }
+
+    /// The connection's encoding.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// Queues one encoded message. Returns false when the queue is closed or overflows;
+    /// an overflow closes it with [`Disconnect::SLOW`].
+    pub fn push(&self, item: Bytes) -> bool {
+        let mut st = self.state.lock();
+        if st.close.is_some() {
+            return false;
+        }
+        if st.bytes + item.len() > self.max_bytes && !st.items.is_empty() {
+            st.items.clear();
+            st.bytes = 0;
+            st.close = Some(Disconnect::SLOW);
+            drop(st);
+            self.closed.cancel();
+            self.notify.notify_one();
+            return false;
+        }
+        st.bytes += item.len();
+        st.items.push_back(item);
+        drop(st);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Asks the writer to close the connection after what is queued. The first close wins.
+    pub fn close(&self, disconnect: Disconnect) {
+        let mut st = self.state.lock();
+        if st.close.is_none() {
+            st.close = Some(disconnect);
+        }
+        drop(st);
+        self.closed.cancel();
+        self.notify.notify_one();
+    }
+
+    /// The close reason, once closed.
+    pub fn close_reason(&self) -> Option<Disconnect> {
+        self.state.lock().close.clone()
+    }
+
+    /// Resolves when the queue is closed (overflow, server disconnect or session end).
+    pub async fn closed(&self) {
+        self.closed.cancelled().await
+    }
+
+    /// Whether the queue is closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Bytes waiting to be written.
+    pub fn len_bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+
+    /// Waits for messages or a close, then takes everything queued (write coalescing).
+    pub async fn next_batch(&self) -> Batch {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut st = self.state.lock();
+                if !st.items.is_empty() || st.close.is_some() {
+                    st.bytes = 0;
+                    return Batch {
+                        items: st.items.drain(..).collect(),
+                        close: st.close.clone(),
+                    };
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One connected client as the hub sees it.
+pub struct ClientHandle {
+    /// Process-local numeric id.
+    pub id: ClientId,
+    /// Protocol client id (a UUID), as shown in presence and ClientInfo.
+    pub client: String,
+    /// Outbound queue.
+    pub queue: ClientQueue,
+    user: Mutex<String>,
+    control: mpsc::Sender<Control>,
+}
+
+impl ClientHandle {
+    /// The authenticated user ("" before connect and for anonymous clients).
+    pub fn user(&self) -> String {
+        self.user.lock().clone()
+    }
+
+    /// Sends a control message to the session; a session that cannot keep up is closed.
+    pub fn control(&self, msg: Control) {
+        if self.control.try_send(msg).is_err() {
+            self.queue.close(Disconnect::SLOW);
+        }
+    }
+}
+
+struct Subscriber {
+    client: Arc<ClientHandle>,
+    join_leave: bool,
+    pending: Option<Mutex<Vec<(u64, Bytes)>>>,
+}
+
+impl Subscriber {
+    fn deliver(&self, offset: u64, bytes: Bytes) -> bool {
+        if let Some(pending) = &self.pending {
+            pending.lock().push((offset, bytes));
+            return true;
+        }
+        self.client.queue.push(bytes)
+    }
+}
+
+type ChannelMap = HashMap<Arc<str>, HashMap<ClientId, Subscriber>>;
+
+/// The local registry and fan-out.
+pub struct Hub {
+    channels: Vec<RwLock<ChannelMap>>,
+    users: Vec<RwLock<HashMap<String, HashMap<ClientId, Arc<ClientHandle>>>>>,
+    clients: Vec<RwLock<HashMap<ClientId, Arc<ClientHandle>>>>,
+    next_id: AtomicU64,
+    subscriptions: AtomicUsize,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Encodes pushes lazily, at most once per encoding.
+struct EncodedOnce<F: Fn(Encoding) -> Bytes> {
+    make: F,
+    cache: [Option<Bytes>; ENCODINGS],
+}
+
+impl<F: Fn(Encoding) -> Bytes> EncodedOnce<F> {
+    fn new(make: F) -> Self {
+        EncodedOnce {
+            make,
+            cache: Default::default(),
+        }
+    }
+
+    fn get(&mut self, enc: Encoding) -> Bytes {
+        self.cache[enc.index()]
+            .get_or_insert_with(|| (self.make)(enc))
+            .clone()
+    }
+}
+
+fn push_reply(push: proto::Push) -> Reply {
+    Reply {
+        push: Some(push),
+        ..Default::default()
+    }
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Hub {
+            channels: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            users: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            clients: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            next_id: AtomicU64::new(1),
+            subscriptions: AtomicUsize::new(0),
+        }
+    }
+
+    /// Creates a client handle with its queue; the receiver is the session's control inbox.
+    pub fn new_client(
+        &self,
+        encoding: Encoding,
+        max_queue_bytes: usize,
+    ) -> (Arc<ClientHandle>, mpsc::Receiver<Control>) {
+        let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+        let handle = Arc::new(ClientHandle {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            client: uuid::Uuid::new_v4().to_string(),
+            queue: ClientQueue::new(encoding, max_queue_bytes),
+            user: Mutex::new(String::new()),
+            control: tx,
+        });
+        (handle, rx)
+    }
+
+    /// Registers an authenticated client under its user.
+    pub fn add_client(&self, handle: &Arc<ClientHandle>, user: &str) {
+        *handle.user.lock() = user.to_string();
+        self.users[shard_of(user)]
+            .write()
+            .entry(user.to_string())
+            .or_default()
+            .insert(handle.id, handle.clone());
+        self.clients[shard_of(&handle.id)]
+            .write()
+            .insert(handle.id, handle.clone());
+    }
+
+    /// Forgets a client (its subscriptions are removed separately by its session).
+    pub fn remove_client(&self, handle: &ClientHandle) {
+        let user = handle.user();
+        let mut shard = self.users[shard_of(user.as_str())].write();
+        if let Some(clients) = shard.get_mut(&user) {
+            clients.remove(&handle.id);
+            if clients.is_empty() {
+                shard.remove(&user);
+            }
+        }
+        self.clients[shard_of(&handle.id)]
+            .write()
+            .remove(&handle.id);
+    }
+
+    /// The connected clients of a user.
+    pub fn user_clients(&self, user: &str) -> Vec<Arc<ClientHandle>> {
+        self.users[shard_of(user)]
+            .read()
+            .get(user)
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every connected client.
+    pub fn all_clients(&self) -> Vec<Arc<ClientHandle>> {
+        self.clients
+            .iter()
+            .flat_map(|s| s.read().values().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Adds a pending subscriber. Returns true when it is the channel's first on this node
+    /// (the node then subscribes to the channel in the broker).
+    pub fn add_subscriber(
+        &self,
+        channel: &str,
+        client: &Arc<ClientHandle>,
+        join_leave: bool,
+    ) -> bool {
+        let mut shard = self.channels[shard_of(channel)].write();
+        let first = !shard.contains_key(channel);
+        let subs = shard.entry(Arc::from(channel)).or_default();
+        let sub = Subscriber {
+            client: client.clone(),
+            join_leave,
+            pending: Some(Mutex::new(Vec::new())),
+        };
+        if subs.insert(client.id, sub).is_none() {
+            self.subscriptions.fetch_add(1, Ordering::Relaxed);
+        }
+        first
+    }
+
+    /// Queues the subscribe reply (if any), then releases what arrived while the
+    /// subscription was pending, skipping publications at or below `covered_offset`.
+    pub fn activate(
+        &self,
+        channel: &str,
+        client: &ClientHandle,
+        reply: Option<Bytes>,
+        covered_offset: u64,
+    ) {
+        let mut shard = self.channels[shard_of(channel)].write();
+        let sub = shard
+            .get_mut(channel)
+            .and_then(|subs| subs.get_mut(&client.id));
+        if let Some(reply) = reply {
+            client.queue.push(reply);
+        }
+        if let Some(sub) = sub
+            && let Some(pending) = sub.pending.take()
+        {
+            for (offset, bytes) in pending.into_inner() {
+                if offset == 0 || offset > covered_offset {
+                    client.queue.push(bytes);
+                }
+            }
+        }
+    }
+
+    /// Removes a subscriber. Returns true when the channel has no subscriber left here.
+    pub fn remove_subscriber(&self, channel: &str, client: &ClientHandle) -> bool {
+        let mut shard = self.channels[shard_of(channel)].write();
+        let Some(subs) = shard.get_mut(channel) else {
+            return false;
+        };
+        if subs.remove(&client.id).is_some() {
+            self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        }
+        if subs.is_empty() {
+            shard.remove(channel);
+            return true;
+        }
+        false
+    }
+
+    /// Delivers a publication to every local subscriber of `channel`; returns how many.
+    pub fn broadcast_publication(&self, channel: &str, publication: &Publication) -> usize {
+        let shard = self.channels[shard_of(channel)].read();
+        let Some(subs) = shard.get(channel) else {
+            return 0;
+        };
+        let mut encoded = EncodedOnce::new(|enc| {
+            enc.encode(&push_reply(proto::Push {
+                channel: channel.to_string(),
+                r#pub: Some(publication.to_proto()),
+                ..Default::default()
+            }))
+        });
+        let mut n = 0;
+        for sub in subs.values() {
+            let bytes = encoded.get(sub.client.queue.encoding());
+            if sub.deliver(publication.offset, bytes) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Delivers a join (`join` true) or leave event to the subscribers that asked for them.
+    pub fn broadcast_presence_event(&self, channel: &str, info: &ClientInfo, join: bool) {
+        let shard = self.channels[shard_of(channel)].read();
+        let Some(subs) = shard.get(channel) else {
+            return;
+        };
+        let mut encoded = EncodedOnce::new(|enc| {
+            let info = Some(info.to_proto());
+            let mut push = proto::Push {
+                channel: channel.to_string(),
+                ..Default::default()
+            };
+            if join {
+                push.join = Some(proto::Join { info });
+            } else {
+                push.leave = Some(proto::Leave { info });
+            }
+            enc.encode(&push_reply(push))
+        });
+        for sub in subs.values().filter(|s| s.join_leave) {
+            let bytes = encoded.get(sub.client.queue.encoding());
+            sub.deliver(0, bytes);
+        }
+    }
+
+    /// Channels with local subscribers and their subscriber counts.
+    pub fn channels(&self) -> Vec<(String, usize)> {
+        self.channels
+            .iter()
+            .flat_map(|s| {
+                s.read()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Number of connected (authenticated) clients.
+    pub fn num_clients(&self) -> usize {
+        self.clients.iter().map(|s| s.read().len()).sum()
+    }
+
+    /// Number of distinct users connected.
+    pub fn num_users(&self) -> usize {
+        self.users.iter().map(|s| s.read().len()).sum()
+    }
+
+    /// Number of channels with local subscribers.
+    pub fn num_channels(&self) -> usize {
+        self.channels.iter().map(|s| s.read().len()).sum()
+    }
+
+    /// Number of subscriptions on this node.
+    pub fn num_subscriptions(&self) -> usize {
+        self.subscriptions.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publication(offset: u64) -> Publication {
+        Publication {
+            data: Bytes::from_static(b"{\"x\":1}"),
+            offset,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn pending_subscription_releases_after_reply_without_duplicates() {
+        let hub = Hub::new();
+        let (c, _rx) = hub.new_client(Encoding::Json, 1 << 20);
+        hub.add_subscriber("ch", &c, false);
+        hub.broadcast_publication("ch", &publication(4));
+        hub.broadcast_publication("ch", &publication(5));
+        assert_eq!(
+            c.queue.len_bytes(),
+            0,
+            "pending deliveries wait for the reply"
+        );
+        hub.activate("ch", &c, Some(Bytes::from_static(b"REPLY")), 4);
+        hub.broadcast_publication("ch", &publication(6));
+        let batch = c.queue.next_batch().await;
+        assert_eq!(batch.items.len(), 3);
+        assert_eq!(&batch.items[0][..], b"REPLY");
+        assert!(
+            std::str::from_utf8(&batch.items[1])
+                .unwrap()
+                .contains("\"offset\":5")
+        );
+        assert!(
+            std::str::from_utf8(&batch.items[2])
+                .unwrap()
+                .contains("\"offset\":6")
+        );
+    }
+
+    #[tokio::test]
+    async fn one_encoding_is_shared_by_all_subscribers() {
+        let hub = Hub::new();
+        let clients: Vec<_> = (0..3)
+            .map(|_| hub.new_client(Encoding::Protobuf, 1 << 20))
+            .collect();
+        for (c, _) in &clients {
+            hub.add_subscriber("ch", c, false);
+            hub.activate("ch", c, None, 0);
+        }
+        assert_eq!(hub.broadcast_publication("ch", &publication(1)), 3);
+        let mut ptrs = Vec::new();
+        for (c, _) in &clients {
+            let b = c.queue.next_batch().await;
+            ptrs.push(b.items[0].as_ptr());
+        }
+        assert!(
+            ptrs.windows(2).all(|w| w[0] == w[1]),
+            "same bytes for everyone"
+        );
+    }
+
+    #[tokio::test]
+    async fn overflowing_queue_closes_with_slow() {
+        let hub = Hub::new();
+        let (c, _rx) = hub.new_client(Encoding::Json, 64);
+        hub.add_subscriber("ch", &c, false);
+        hub.activate("ch", &c, None, 0);
+        for i in 1..=10 {
+            hub.broadcast_publication("ch", &publication(i));
+        }
+        assert!(c.queue.is_closed());
+        assert_eq!(c.queue.close_reason(), Some(Disconnect::SLOW));
+        let batch = c.queue.next_batch().await;
+        assert_eq!(batch.close, Some(Disconnect::SLOW));
+    }
+}

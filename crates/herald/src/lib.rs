@@ -1,0 +1,28 @@
+//! Herald: a real-time push server that speaks the Centrifugo client protocol.
+//!
+//! Module map, top to bottom (imports only flow downwards; transports never import each
+//! other):
+//! - [`server`]: listeners, routing, graceful shutdown.
+//! - [`transport`] adapters and the server [`api`].
+//! - [`session`]: one connection's state machine.
+//! - [`node`]: the composition root and server-side operations.
+//! - [`hub`] (local fan-out) and [`engine`] (broker and presence behind traits).
+//! - [`protocol`] (wire types and codecs) and [`auth`] (tokens to credentials).
+//! - [`config`], [`metrics`], [`error`].
+//!
+//! Invariants: a publication is encoded once per encoding and shared as `Bytes`; every
+//! client queue is bounded; every channel's publications reach each subscriber in offset
+//! order; a client that recovers gets exactly what it missed or is told it did not.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod transport;

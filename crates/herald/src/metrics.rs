@@ -1,0 +1,149 @@
+//! Prometheus metrics: one registry per node, no global recorder. Counters are bumped once
+//! per batch or publication, never per byte.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label: the transport name (`websocket`, `sse`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// Transport name.
+    pub transport: &'static str,
+}
+
+/// Label: a disconnect code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// Disconnect code.
+    pub code: u32,
+}
+
+/// Label: a client command method.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    /// Method name.
+    pub method: &'static str,
+}
+
+/// Every metric Herald exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Open connections per transport.
+    pub connections: Family<TransportLabel, Gauge>,
+    /// Messages written to clients per transport.
+    pub messages_sent: Family<TransportLabel, Counter>,
+    /// Messages (commands) received from clients per transport.
+    pub messages_received: Family<TransportLabel, Counter>,
+    /// Commands by method.
+    pub commands: Family<MethodLabel, Counter>,
+    /// Disconnects by code.
+    pub disconnects: Family<CodeLabel, Counter>,
+    /// Publications accepted.
+    pub publications: Counter,
+    /// Publications handed to local subscriber queues.
+    pub deliveries: Counter,
+    /// Publish latency (engine append and local fan-out), seconds.
+    pub publish_latency: Histogram,
+    /// Messages written per socket write (write coalescing).
+    pub batch_size: Histogram,
+    /// Authenticated clients.
+    pub clients: Gauge,
+    /// Subscriptions.
+    pub subscriptions: Gauge,
+    /// Channels with subscribers.
+    pub channels: Gauge,
+    /// Bytes waiting in client queues (sampled).
+    pub queued_bytes: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `herald_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("herald");
+        let m = Metrics {
+            connections: Family::default(),
+            messages_sent: Family::default(),
+            messages_received: Family::default(),
+            commands: Family::default(),
+            disconnects: Family::default(),
+            publications: Counter::default(),
+            deliveries: Counter::default(),
+            publish_latency: Histogram::new(exponential_buckets(0.00001, 4.0, 10)),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            clients: Gauge::default(),
+            subscriptions: Gauge::default(),
+            channels: Gauge::default(),
+            queued_bytes: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("connections", "Open connections", m.connections.clone());
+        registry.register(
+            "messages_sent",
+            "Messages sent to clients",
+            m.messages_sent.clone(),
+        );
+        registry.register(
+            "messages_received",
+            "Messages received from clients",
+            m.messages_received.clone(),
+        );
+        registry.register("commands", "Client commands by method", m.commands.clone());
+        registry.register("disconnects", "Disconnects by code", m.disconnects.clone());
+        registry.register(
+            "publications",
+            "Publications accepted",
+            m.publications.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Publications queued to local subscribers",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "publish_latency_seconds",
+            "Publish latency",
+            m.publish_latency.clone(),
+        );
+        registry.register(
+            "write_batch_messages",
+            "Messages per socket write",
+            m.batch_size.clone(),
+        );
+        registry.register("clients", "Authenticated clients", m.clients.clone());
+        registry.register("subscriptions", "Subscriptions", m.subscriptions.clone());
+        registry.register("channels", "Channels with subscribers", m.channels.clone());
+        registry.register(
+            "queued_bytes",
+            "Bytes waiting in client queues",
+            m.queued_bytes.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Refreshes the sampled gauges from the hub.
+    pub fn update_gauges(&self, hub: &crate::hub::Hub) {
+        self.clients.set(hub.num_clients() as i64);
+        self.subscriptions.set(hub.num_subscriptions() as i64);
+        self.channels.set(hub.num_channels() as i64);
+        let queued: usize = hub.all_clients().iter().map(|c| c.queue.len_bytes()).sum();
+        self.queued_bytes.set(queued as i64);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

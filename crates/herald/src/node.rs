@@ -1,0 +1,421 @@
+//! The node: the composition root. It owns the hub, the engine, the token verifiers and
+//! the configuration, and offers the server-side operations that the API and sessions
+//! call (publish, history, presence, disconnect, ...). It receives the broker's events and
+//! hands them to the hub.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::TokenVerifier;
+use crate::config::{ChannelOptions, Config};
+use crate::engine::memory::{MemoryBroker, MemoryPresence};
+use crate::engine::{
+    Broker, BrokerEventHandler, ClientInfo, EngineError, HistoryFilter, HistoryResult,
+    PresenceManager, Publication, PublishOptions, StreamPosition,
+};
+use crate::error::{ClientError, Disconnect};
+use crate::hub::{Control, Hub};
+use crate::metrics::Metrics;
+
+/// How long a presence entry lives without being refreshed by its session.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(60);
+
+/// Failure of a server-side operation, mapped to a client error code at the edges.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The channel's namespace does not exist.
+    #[error("unknown channel")]
+    UnknownChannel,
+    /// The feature is off for the channel's namespace (history, presence).
+    #[error("not available")]
+    NotAvailable,
+    /// A `since` position whose epoch does not match the stream.
+    #[error("unrecoverable position")]
+    UnrecoverablePosition,
+    /// Invalid arguments.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl From<NodeError> for ClientError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::UnknownChannel => ClientError::UNKNOWN_CHANNEL,
+            NodeError::NotAvailable => ClientError::NOT_AVAILABLE,
+            NodeError::UnrecoverablePosition => ClientError::UNRECOVERABLE_POSITION,
+            NodeError::BadRequest(m) => ClientError::BAD_REQUEST.with_message(m),
+            NodeError::Engine(_) => ClientError::INTERNAL,
+        }
+    }
+}
+
+/// Error raised while building a node from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The token configuration is unusable (bad PEM key, ...).
+    #[error("client.token: {0}")]
+    Token(String),
+    /// The subscription token configuration is unusable.
+    #[error("client.subscription_token: {0}")]
+    SubscriptionToken(String),
+}
+
+/// Counts of one node, for the `info` API and the console.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeInfo {
+    /// Unique id of this process.
+    pub uid: String,
+    /// Configured node name.
+    pub name: String,
+    /// Herald's version.
+    pub version: String,
+    /// Connected clients.
+    pub num_clients: usize,
+    /// Distinct users.
+    pub num_users: usize,
+    /// Channels with subscribers.
+    pub num_channels: usize,
+    /// Subscriptions.
+    pub num_subs: usize,
+    /// Seconds since start.
+    pub uptime: u64,
+}
+
+/// The composition root of one Herald process.
+pub struct Node {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// Local registry and fan-out.
+    pub hub: Arc<Hub>,
+    /// Verifies connection tokens.
+    pub verifier: TokenVerifier,
+    /// Verifies subscription tokens.
+    pub sub_verifier: TokenVerifier,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    broker: Arc<dyn Broker>,
+    presence: Arc<dyn PresenceManager>,
+    memory: Option<Arc<MemoryBroker>>,
+    uid: String,
+    started: Instant,
+    shutdown: CancellationToken,
+}
+
+/// Hands broker events to the hub (kept apart from the node so the broker holds no cycle).
+struct HubHandler {
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+}
+
+impl BrokerEventHandler for HubHandler {
+    fn handle_publication(
+        &self,
+        channel: &str,
+        publication: Arc<Publication>,
+        _position: &StreamPosition,
+    ) {
+        let n = self.hub.broadcast_publication(channel, &publication);
+        self.metrics.deliveries.inc_by(n as u64);
+    }
+
+    fn handle_join(&self, channel: &str, info: &ClientInfo) {
+        self.hub.broadcast_presence_event(channel, info, true);
+    }
+
+    fn handle_leave(&self, channel: &str, info: &ClientInfo) {
+        self.hub.broadcast_presence_event(channel, info, false);
+    }
+}
+
+impl Node {
+    /// A node with the memory engine.
+    pub fn new(config: Config) -> Result<Arc<Node>, StartError> {
+        let memory = Arc::new(MemoryBroker::new());
+        let presence = Arc::new(MemoryPresence::new());
+        Self::with_engine(config, memory.clone(), presence, Some(memory))
+    }
+
+    fn with_engine(
+        config: Config,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn PresenceManager>,
+        memory: Option<Arc<MemoryBroker>>,
+    ) -> Result<Arc<Node>, StartError> {
+        let verifier = TokenVerifier::new(&config.client.token)
+            .map_err(|e| StartError::Token(e.to_string()))?;
+        let sub_verifier = if config.client.subscription_token.enabled {
+            TokenVerifier::new(&config.client.subscription_token.token_config())
+                .map_err(|e| StartError::SubscriptionToken(e.to_string()))?
+        } else {
+            verifier.clone()
+        };
+        let hub = Arc::new(Hub::new());
+        let metrics = Arc::new(Metrics::new());
+        broker.register_handler(Arc::new(HubHandler {
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+        }));
+        Ok(Arc::new(Node {
+            config: Arc::new(config),
+            hub,
+            verifier,
+            sub_verifier,
+            metrics,
+            broker,
+            presence,
+            memory,
+            uid: uuid::Uuid::new_v4().to_string(),
+            started: Instant::now(),
+            shutdown: CancellationToken::new(),
+        }))
+    }
+
+    /// This process's unique id.
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    /// Starts periodic housekeeping (history expiry, gauges). Runs until shutdown.
+    pub fn spawn_background(self: &Arc<Self>) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = node.shutdown.cancelled() => return,
+                    _ = tick.tick() => {
+                        if let Some(m) = &node.memory {
+                            m.sweep();
+                        }
+                        node.metrics.update_gauges(&node.hub);
+                    }
+                }
+            }
+        });
+    }
+
+    /// The options of a channel's namespace.
+    pub fn channel_options(&self, channel: &str) -> Result<&ChannelOptions, NodeError> {
+        if channel.is_empty() {
+            return Err(NodeError::BadRequest("channel required".into()));
+        }
+        if channel.len() > self.config.channel.max_length {
+            return Err(NodeError::BadRequest(format!(
+                "channel longer than channel.max_length ({})",
+                self.config.channel.max_length
+            )));
+        }
+        self.config
+            .channel_options(channel)
+            .ok_or(NodeError::UnknownChannel)
+    }
+
+    fn publish_options(opts: &ChannelOptions) -> PublishOptions {
+        PublishOptions {
+            history_size: opts.history_size,
+            history_ttl: opts.history_ttl,
+            history_meta_ttl: opts.history_meta_ttl,
+        }
+    }
+
+    /// Publishes to a channel: appends to its history when the namespace keeps one and
+    /// delivers to every subscriber on every node.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        info: Option<ClientInfo>,
+        tags: std::collections::HashMap<String, String>,
+        skip_history: bool,
+    ) -> Result<StreamPosition, NodeError> {
+        let opts = self.channel_options(channel)?;
+        let mut popts = Self::publish_options(opts);
+        if skip_history {
+            popts.history_size = 0;
+        }
+        let started = Instant::now();
+        let publication = Publication {
+            data,
+            info,
+            tags,
+            ..Default::default()
+        };
+        let position = self.broker.publish(channel, publication, &popts).await?;
+        self.metrics
+            .publish_latency
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.publications.inc();
+        Ok(position)
+    }
+
+    /// Reads a channel's history.
+    pub async fn history(
+        &self,
+        channel: &str,
+        filter: &HistoryFilter,
+    ) -> Result<HistoryResult, NodeError> {
+        let opts = self.channel_options(channel)?;
+        if opts.history_size == 0 || opts.history_ttl.is_zero() {
+            return Err(NodeError::NotAvailable);
+        }
+        let result = self.broker.history(channel, filter).await?;
+        if let Some(since) = &filter.since
+            && since.epoch != result.position.epoch
+            && !since.epoch.is_empty()
+        {
+            return Err(NodeError::UnrecoverablePosition);
+        }
+        Ok(result)
+    }
+
+    /// Reads history for recovery: no epoch check (the caller compares positions).
+    pub async fn recovery_history(
+        &self,
+        channel: &str,
+        filter: &HistoryFilter,
+    ) -> Result<HistoryResult, NodeError> {
+        Ok(self.broker.history(channel, filter).await?)
+    }
+
+    /// Drops a channel's history.
+    pub async fn remove_history(&self, channel: &str) -> Result<(), NodeError> {
+        self.channel_options(channel)?;
+        Ok(self.broker.remove_history(channel).await?)
+    }
+
+    /// Who is in a channel.
+    pub async fn presence(
+        &self,
+        channel: &str,
+    ) -> Result<std::collections::HashMap<String, ClientInfo>, NodeError> {
+        if !self.channel_options(channel)?.presence {
+            return Err(NodeError::NotAvailable);
+        }
+        Ok(self.presence.presence(channel).await?)
+    }
+
+    /// Number of clients and users in a channel.
+    pub async fn presence_stats(&self, channel: &str) -> Result<(u32, u32), NodeError> {
+        if !self.channel_options(channel)?.presence {
+            return Err(NodeError::NotAvailable);
+        }
+        Ok(self.presence.stats(channel).await?)
+    }
+
+    /// Adds a subscriber to the hub and, when it is the first here, the node to the broker.
+    pub(crate) async fn hub_subscribe(
+        &self,
+        channel: &str,
+        client: &Arc<crate::hub::ClientHandle>,
+        join_leave: bool,
+    ) -> Result<(), NodeError> {
+        if self.hub.add_subscriber(channel, client, join_leave)
+            && let Err(e) = self.broker.subscribe(channel).await
+        {
+            self.hub.remove_subscriber(channel, client);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Removes a subscriber; the last one here takes the node out of the broker's channel.
+    pub(crate) async fn hub_unsubscribe(&self, channel: &str, client: &crate::hub::ClientHandle) {
+        if self.hub.remove_subscriber(channel, client)
+            && let Err(e) = self.broker.unsubscribe(channel).await
+        {
+            tracing::warn!(channel, error = %e, "broker unsubscribe failed");
+        }
+    }
+
+    pub(crate) async fn add_presence(&self, channel: &str, info: &ClientInfo) {
+        if let Err(e) = self.presence.add(channel, info, PRESENCE_TTL).await {
+            tracing::warn!(channel, error = %e, "presence add failed");
+        }
+    }
+
+    pub(crate) async fn remove_presence(&self, channel: &str, client: &str) {
+        if let Err(e) = self.presence.remove(channel, client).await {
+            tracing::warn!(channel, error = %e, "presence remove failed");
+        }
+    }
+
+    pub(crate) async fn publish_join(&self, channel: &str, info: &ClientInfo) {
+        if let Err(e) = self.broker.publish_join(channel, info).await {
+            tracing::warn!(channel, error = %e, "join publish failed");
+        }
+    }
+
+    pub(crate) async fn publish_leave(&self, channel: &str, info: &ClientInfo) {
+        if let Err(e) = self.broker.publish_leave(channel, info).await {
+            tracing::warn!(channel, error = %e, "leave publish failed");
+        }
+    }
+
+    /// Sends a control message to a user's sessions, or to one of them when `client` is set.
+    /// Returns how many sessions got it.
+    pub fn control_user(&self, user: &str, client: Option<&str>, msg: &Control) -> usize {
+        let mut n = 0;
+        for c in self.hub.user_clients(user) {
+            if client.is_some_and(|id| id != c.client) {
+                continue;
+            }
+            c.control(msg.clone());
+            n += 1;
+        }
+        n
+    }
+
+    /// Disconnects a user's sessions (all, or one client), except whitelisted client ids.
+    pub fn disconnect_user(
+        &self,
+        user: &str,
+        client: Option<&str>,
+        whitelist: &[String],
+        disconnect: Disconnect,
+    ) {
+        for c in self.hub.user_clients(user) {
+            if client.is_some_and(|id| id != c.client) || whitelist.contains(&c.client) {
+                continue;
+            }
+            c.queue.close(disconnect.clone());
+        }
+    }
+
+    /// Counts for this node.
+    pub fn info(&self) -> NodeInfo {
+        NodeInfo {
+            uid: self.uid.clone(),
+            name: self.config.node.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            num_clients: self.hub.num_clients(),
+            num_users: self.hub.num_users(),
+            num_channels: self.hub.num_channels(),
+            num_subs: self.hub.num_subscriptions(),
+            uptime: self.started.elapsed().as_secs(),
+        }
+    }
+
+    /// Resolves when shutdown begins.
+    pub async fn shutting_down(&self) {
+        self.shutdown.cancelled().await
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// Begins shutdown: every client is told to reconnect (elsewhere or later).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+        for c in self.hub.all_clients() {
+            c.queue.close(Disconnect::SHUTDOWN);
+        }
+    }
+}

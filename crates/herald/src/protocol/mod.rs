@@ -1,0 +1,157 @@
+//! The Centrifugo client protocol v2: wire types and their two encodings. Pure code, no I/O.
+//!
+//! The types in [`proto`] are generated from `proto/client.proto` (our own description of the
+//! public specification). A frame may carry several messages: newline-delimited in JSON,
+//! varint-length-prefixed in Protobuf. [`Encoding`] turns frames into messages and back.
+
+pub mod json;
+pub mod protobuf;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Generated wire types of the client protocol.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/herald.client.rs"));
+}
+
+pub use proto::{Command, Reply};
+
+/// How a connection encodes its messages; chosen once per connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// Newline-delimited JSON with application data embedded as raw JSON.
+    Json,
+    /// Varint-length-prefixed Protobuf (WebSocket subprotocol `centrifuge-protobuf`).
+    Protobuf,
+}
+
+/// Number of [`Encoding`] variants: the size of per-encoding caches.
+pub const ENCODINGS: usize = 2;
+
+impl Encoding {
+    /// Index into per-encoding arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Encoding::Json => 0,
+            Encoding::Protobuf => 1,
+        }
+    }
+
+    /// Decodes every message in one frame.
+    pub fn decode<M>(self, frame: &[u8]) -> Result<Vec<M>, DecodeError>
+    where
+        M: prost::Message + Default + serde::de::DeserializeOwned,
+    {
+        match self {
+            Encoding::Json => json::decode_all(frame),
+            Encoding::Protobuf => protobuf::decode_all(frame),
+        }
+    }
+
+    /// Encodes one message as a unit that [`Encoding::join`] can batch into a frame:
+    /// JSON without the newline, Protobuf with its length prefix.
+    pub fn encode<M>(self, message: &M) -> Bytes
+    where
+        M: prost::Message + serde::Serialize,
+    {
+        match self {
+            Encoding::Json => json::encode(message),
+            Encoding::Protobuf => protobuf::encode_delimited(message),
+        }
+    }
+
+    /// Appends several encoded messages to one frame, in order.
+    pub fn join<'a>(self, parts: impl IntoIterator<Item = &'a Bytes>, out: &mut BytesMut) {
+        for (i, part) in parts.into_iter().enumerate() {
+            if i > 0 && self == Encoding::Json {
+                out.put_u8(b'\n');
+            }
+            out.extend_from_slice(part);
+        }
+    }
+}
+
+/// A frame that is not a valid batch of protocol messages.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// A line that is not a JSON protocol message.
+    #[error("malformed JSON message: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Bytes that are not a length-prefixed Protobuf message.
+    #[error("malformed Protobuf message: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    /// A length prefix that runs past the end of the frame.
+    #[error("truncated Protobuf frame: message of {declared} bytes, {available} available")]
+    Truncated {
+        /// Length the prefix announced.
+        declared: u64,
+        /// Bytes left in the frame.
+        available: usize,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proto::*;
+    use super::*;
+
+    fn sample_reply() -> Reply {
+        Reply {
+            push: Some(Push {
+                channel: "chat:room".into(),
+                r#pub: Some(Publication {
+                    data: Bytes::from_static(br#"{"text":"hi"}"#),
+                    offset: 7,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn json_reply_embeds_data_and_skips_defaults() {
+        let bytes = Encoding::Json.encode(&sample_reply());
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"push":{"channel":"chat:room","pub":{"data":{"text":"hi"},"offset":7}}}"#
+        );
+        assert_eq!(&Encoding::Json.encode(&Reply::default())[..], b"{}");
+    }
+
+    #[test]
+    fn both_encodings_round_trip_a_batch() {
+        for enc in [Encoding::Json, Encoding::Protobuf] {
+            let parts = vec![enc.encode(&sample_reply()), enc.encode(&Reply::default())];
+            let mut frame = BytesMut::new();
+            enc.join(&parts, &mut frame);
+            let back: Vec<Reply> = enc.decode(&frame).unwrap();
+            assert_eq!(back, vec![sample_reply(), Reply::default()], "{enc:?}");
+        }
+    }
+
+    #[test]
+    fn json_commands_as_the_sdk_sends_them() {
+        let frame = br#"{"id":1,"connect":{"token":"t","name":"js"}}
+{"id":2,"subscribe":{"channel":"news","recover":true,"offset":3,"epoch":"e"}}
+{}"#;
+        let cmds: Vec<Command> = Encoding::Json.decode(frame).unwrap();
+        assert_eq!(cmds.len(), 3);
+        assert_eq!(cmds[0].connect.as_ref().unwrap().token, "t");
+        let sub = cmds[1].subscribe.as_ref().unwrap();
+        assert!(sub.recover && sub.offset == 3 && sub.epoch == "e");
+        assert_eq!(cmds[2], Command::default());
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        assert!(Encoding::Json.decode::<Command>(b"not json").is_err());
+        assert!(
+            Encoding::Protobuf
+                .decode::<Command>(&[0x0a, 0xff, 0xff, 0xff, 0x0f, 0x01])
+                .is_err()
+        );
+    }
+}

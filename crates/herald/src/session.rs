@@ -1,0 +1,900 @@
+//! One client connection's state machine, independent of sockets: it turns commands into
+//! replies and hub subscriptions, keeps the connection alive with pings, enforces token
+//! expiry and cleans up when the connection ends.
+//!
+//! A transport adapter creates a [`Session`], feeds it frames (or decoded commands) and
+//! drains [`ClientHandle::queue`] to its socket. Replies and pushes all go through that one
+//! queue, so their order on the wire is the order in which the session produced them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::auth::TokenError;
+use crate::config::ChannelOptions;
+use crate::engine::{ClientInfo, HistoryFilter, StreamPosition, now_millis};
+use crate::error::{ClientError, Disconnect, unsubscribe};
+use crate::hub::{ClientHandle, Control};
+use crate::metrics::{CodeLabel, MethodLabel, TransportLabel};
+use crate::node::Node;
+use crate::protocol::Encoding;
+use crate::protocol::proto::{self, Command, Reply};
+
+/// How long a connection may stay open without a connect command.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a transport tells the session about itself.
+#[derive(Clone, Copy, Debug)]
+pub struct TransportInfo {
+    /// Name used in metrics and logs.
+    pub name: &'static str,
+    /// Encoding of every message on this connection.
+    pub encoding: Encoding,
+    /// Server-to-client only: no pongs expected, commands come from the connect request.
+    pub unidirectional: bool,
+}
+
+#[derive(Debug, Clone)]
+struct SubState {
+    presence: bool,
+    join_leave: bool,
+    chan_info: Bytes,
+}
+
+/// An error while handling one command: an error reply, or the end of the connection.
+enum Failure {
+    Reply(ClientError),
+    Close(Disconnect),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure::Reply(e)
+    }
+}
+
+impl From<crate::node::NodeError> for Failure {
+    fn from(e: crate::node::NodeError) -> Self {
+        Failure::Reply(e.into())
+    }
+}
+
+type Handled = Result<Option<Reply>, Failure>;
+
+/// One connection's state.
+pub struct Session {
+    node: Arc<Node>,
+    handle: Arc<ClientHandle>,
+    control: mpsc::Receiver<Control>,
+    transport: TransportInfo,
+    connected: bool,
+    user: String,
+    conn_info: Bytes,
+    expire_at: Option<i64>,
+    subs: HashMap<String, SubState>,
+    stale_deadline: Option<Instant>,
+    next_ping: Option<Instant>,
+    pong_deadline: Option<Instant>,
+}
+
+impl Session {
+    /// A new, not yet connected session with its own outbound queue.
+    pub fn new(node: Arc<Node>, transport: TransportInfo) -> Session {
+        let (handle, control) = node
+            .hub
+            .new_client(transport.encoding, node.config.client.max_queue_size);
+        node.metrics
+            .connections
+            .get_or_create(&TransportLabel {
+                transport: transport.name,
+            })
+            .inc();
+        Session {
+            node,
+            handle,
+            control,
+            transport,
+            connected: false,
+            user: String::new(),
+            conn_info: Bytes::new(),
+            expire_at: None,
+            subs: HashMap::new(),
+            stale_deadline: Some(Instant::now() + CONNECT_TIMEOUT),
+            next_ping: None,
+            pong_deadline: None,
+        }
+    }
+
+    /// The client's handle; its queue is what the transport writes out.
+    pub fn handle(&self) -> Arc<ClientHandle> {
+        self.handle.clone()
+    }
+
+    /// Whether a connect command succeeded.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Drives the session until the connection ends: inbound frames, control messages
+    /// from the node, pings and expiry. Cleans up and returns why it ended; the queue is
+    /// closed with that reason so the writer can tell the client.
+    pub async fn run<S>(mut self, mut inbound: S) -> Disconnect
+    where
+        S: Stream<Item = Result<Bytes, Disconnect>> + Unpin,
+    {
+        let reason = loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                biased;
+                _ = self.handle.queue.closed() => {
+                    break self.handle.queue.close_reason().unwrap_or(Disconnect::CONNECTION_CLOSED);
+                }
+                Some(ctrl) = self.control.recv() => {
+                    if let Err(d) = self.handle_control(ctrl).await {
+                        break d;
+                    }
+                }
+                frame = inbound.next() => match frame {
+                    Some(Ok(bytes)) => {
+                        if let Err(d) = self.handle_frame(&bytes).await {
+                            break d;
+                        }
+                    }
+                    Some(Err(d)) => break d,
+                    None => break Disconnect::CONNECTION_CLOSED,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    if let Err(d) = self.on_timer().await {
+                        break d;
+                    }
+                }
+            }
+        };
+        self.close(&reason).await;
+        reason
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let expiry = self.expire_at.map(|at| {
+            let left = at.saturating_sub(now_millis() / 1000).max(0) as u64;
+            Instant::now() + Duration::from_secs(left)
+        });
+        [
+            self.stale_deadline,
+            self.next_ping,
+            self.pong_deadline,
+            expiry,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+    }
+
+    async fn on_timer(&mut self) -> Result<(), Disconnect> {
+        let now = Instant::now();
+        if self.stale_deadline.is_some_and(|d| d <= now) {
+            return Err(Disconnect::STALE);
+        }
+        if self.pong_deadline.is_some_and(|d| d <= now) {
+            return Err(Disconnect::NO_PONG);
+        }
+        if self.expire_at.is_some_and(|at| at <= now_millis() / 1000) {
+            return Err(Disconnect::EXPIRED);
+        }
+        if self.next_ping.is_some_and(|d| d <= now) {
+            let cfg = &self.node.config.client;
+            self.send(&Reply::default());
+            if !self.transport.unidirectional && self.pong_deadline.is_none() {
+                self.pong_deadline = Some(now + cfg.pong_timeout);
+            }
+            self.next_ping = Some(now + cfg.ping_interval);
+            self.refresh_presence().await;
+        }
+        Ok(())
+    }
+
+    async fn refresh_presence(&self) {
+        for (channel, sub) in &self.subs {
+            if sub.presence {
+                let info = self.client_info(&sub.chan_info);
+                self.node.add_presence(channel, &info).await;
+            }
+        }
+    }
+
+    /// Decodes one inbound frame and handles each command in it, in order.
+    pub async fn handle_frame(&mut self, frame: &[u8]) -> Result<(), Disconnect> {
+        let commands: Vec<Command> = self.transport.encoding.decode(frame).map_err(|e| {
+            tracing::debug!(client = %self.handle.client, error = %e, "malformed frame");
+            Disconnect::BAD_REQUEST
+        })?;
+        self.node
+            .metrics
+            .messages_received
+            .get_or_create(&TransportLabel {
+                transport: self.transport.name,
+            })
+            .inc_by(commands.len() as u64);
+        for cmd in commands {
+            self.handle_command(cmd).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles one command: queues its reply, or returns the disconnect it causes.
+    pub async fn handle_command(&mut self, cmd: Command) -> Result<(), Disconnect> {
+        // Any message from the client proves it is alive.
+        self.pong_deadline = None;
+        let id = cmd.id;
+        let (method, result) = self.dispatch(cmd).await;
+        if let Some(method) = method {
+            self.node
+                .metrics
+                .commands
+                .get_or_create(&MethodLabel { method })
+                .inc();
+        }
+        match result {
+            Ok(Some(mut reply)) => {
+                reply.id = id;
+                self.send(&reply);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(Failure::Reply(e)) => {
+                if id == 0 {
+                    // Nothing to correlate the error with: the command was malformed.
+                    return Err(Disconnect::BAD_REQUEST);
+                }
+                self.send(&Reply {
+                    id,
+                    error: Some(e.to_proto()),
+                    ..Default::default()
+                });
+                Ok(())
+            }
+            Err(Failure::Close(d)) => Err(d),
+        }
+    }
+
+    async fn dispatch(&mut self, cmd: Command) -> (Option<&'static str>, Handled) {
+        let id = cmd.id;
+        if let Some(req) = cmd.connect {
+            return (Some("connect"), self.on_connect(id, req).await);
+        }
+        if cmd == Command::default() {
+            return (None, Ok(None)); // a pong
+        }
+        if !self.connected {
+            return (None, Err(Failure::Close(Disconnect::BAD_REQUEST)));
+        }
+        if cmd.send.is_some() {
+            // Asynchronous message with no handler configured: accepted and dropped.
+            return (Some("send"), Ok(None));
+        }
+        if id == 0 {
+            return (None, Err(Failure::Close(Disconnect::BAD_REQUEST)));
+        }
+        if let Some(req) = cmd.subscribe {
+            return (Some("subscribe"), self.on_subscribe(id, req).await);
+        }
+        if let Some(req) = cmd.unsubscribe {
+            return (Some("unsubscribe"), self.on_unsubscribe(req).await);
+        }
+        if let Some(req) = cmd.publish {
+            return (Some("publish"), self.on_publish(req).await);
+        }
+        if let Some(req) = cmd.presence {
+            return (Some("presence"), self.on_presence(req).await);
+        }
+        if let Some(req) = cmd.presence_stats {
+            return (Some("presence_stats"), self.on_presence_stats(req).await);
+        }
+        if let Some(req) = cmd.history {
+            return (Some("history"), self.on_history(req).await);
+        }
+        if cmd.ping.is_some() {
+            return (
+                Some("ping"),
+                Ok(Some(Reply {
+                    ping: Some(proto::PingResult {}),
+                    ..Default::default()
+                })),
+            );
+        }
+        if cmd.rpc.is_some() {
+            return (Some("rpc"), Err(ClientError::NOT_AVAILABLE.into()));
+        }
+        if let Some(req) = cmd.refresh {
+            return (Some("refresh"), self.on_refresh(req));
+        }
+        if let Some(req) = cmd.sub_refresh {
+            return (Some("sub_refresh"), self.on_sub_refresh(req));
+        }
+        (None, Err(ClientError::METHOD_NOT_FOUND.into()))
+    }
+
+    fn send(&self, reply: &Reply) {
+        self.handle
+            .queue
+            .push(self.transport.encoding.encode(reply));
+    }
+
+    fn client_info(&self, chan_info: &Bytes) -> ClientInfo {
+        ClientInfo {
+            user: self.user.clone(),
+            client: self.handle.client.clone(),
+            conn_info: self.conn_info.clone(),
+            chan_info: chan_info.clone(),
+        }
+    }
+
+    fn ttl(expire_at: Option<i64>) -> (bool, u32) {
+        match expire_at {
+            Some(at) => (true, (at - now_millis() / 1000).max(0) as u32),
+            None => (false, 0),
+        }
+    }
+
+    async fn on_connect(&mut self, id: u32, req: proto::ConnectRequest) -> Handled {
+        if self.connected {
+            return Err(Failure::Close(Disconnect::BAD_REQUEST));
+        }
+        let cfg = self.node.config.clone();
+        let mut channels = Vec::new();
+        if !req.token.is_empty() {
+            match self.node.verifier.verify_connect(&req.token) {
+                Ok(claims) => {
+                    let expire_at = claims.expire_at.filter(|at| *at > 0);
+                    if expire_at.is_some_and(|at| at <= now_millis() / 1000) {
+                        return Err(ClientError::TOKEN_EXPIRED.into());
+                    }
+                    self.user = claims.user;
+                    self.expire_at = expire_at;
+                    self.conn_info = claims.info.unwrap_or_default();
+                    channels = claims.channels;
+                    channels.extend(claims.subs.into_keys());
+                }
+                Err(TokenError::Expired) => return Err(ClientError::TOKEN_EXPIRED.into()),
+                Err(TokenError::Invalid(reason)) => {
+                    tracing::info!(client = %self.handle.client, %reason, "invalid connection token");
+                    return Err(Failure::Close(Disconnect::INVALID_TOKEN));
+                }
+            }
+        } else if !(cfg.client.insecure || cfg.client.allow_anonymous_connect_without_token) {
+            return Err(ClientError::UNAUTHORIZED.into());
+        }
+        if self.node.is_shutting_down() {
+            return Err(Failure::Close(Disconnect::SHUTDOWN));
+        }
+        self.connected = true;
+        self.stale_deadline = None;
+        self.node.hub.add_client(&self.handle, &self.user);
+
+        // Server-side subscriptions from the token, recovered with the positions the
+        // client sent for them.
+        let mut subs = HashMap::new();
+        let mut activations = Vec::new();
+        channels.sort();
+        channels.dedup();
+        for channel in channels {
+            let sub_req = req.subs.get(&channel).cloned().unwrap_or_default();
+            match self
+                .subscribe_core(&channel, &sub_req, Bytes::new(), None)
+                .await
+            {
+                Ok((result, covered)) => {
+                    subs.insert(channel.clone(), result);
+                    activations.push((channel, covered));
+                }
+                Err(Failure::Reply(e)) => {
+                    tracing::warn!(client = %self.handle.client, channel, error = %e, "server-side subscription failed");
+                }
+                Err(Failure::Close(d)) => return Err(Failure::Close(d)),
+            }
+        }
+        let (expires, ttl) = Self::ttl(self.expire_at);
+        let reply = Reply {
+            id,
+            connect: Some(proto::ConnectResult {
+                client: self.handle.client.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                expires,
+                ttl,
+                subs,
+                ping: cfg.client.ping_interval.as_secs() as u32,
+                pong: !self.transport.unidirectional,
+                node: self.node.uid().to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.send(&reply);
+        for (channel, covered) in activations {
+            self.node
+                .hub
+                .activate(&channel, &self.handle, None, covered);
+            self.after_join(&channel).await;
+        }
+        self.next_ping = Some(Instant::now() + cfg.client.ping_interval);
+        Ok(None)
+    }
+
+    /// Checks that this client may subscribe to `channel`; returns its channel info.
+    fn authorize_subscribe(
+        &self,
+        channel: &str,
+        opts: &ChannelOptions,
+        token: &str,
+    ) -> Result<(Bytes, Option<i64>), Failure> {
+        let cfg = &self.node.config;
+        if !token.is_empty() {
+            return match self.node.sub_verifier.verify_subscribe(token) {
+                Ok(claims) if claims.channel == channel && claims.user == self.user => {
+                    let expire_at = claims.expire_at.filter(|at| *at > 0);
+                    if expire_at.is_some_and(|at| at <= now_millis() / 1000) {
+                        return Err(ClientError::TOKEN_EXPIRED.into());
+                    }
+                    Ok((claims.info.unwrap_or_default(), expire_at))
+                }
+                Ok(_) => Err(ClientError::PERMISSION_DENIED.into()),
+                Err(TokenError::Expired) => Err(ClientError::TOKEN_EXPIRED.into()),
+                Err(TokenError::Invalid(_)) => Err(ClientError::PERMISSION_DENIED.into()),
+            };
+        }
+        if cfg.client.insecure {
+            return Ok((Bytes::new(), None));
+        }
+        let private = !cfg.channel.private_prefix.is_empty()
+            && channel.starts_with(&cfg.channel.private_prefix);
+        if private {
+            return Err(ClientError::PERMISSION_DENIED.into());
+        }
+        if opts.allow_user_limited_channels
+            && let Some((_, users)) = channel.split_once(&cfg.channel.user_boundary)
+        {
+            return if !self.user.is_empty()
+                && users
+                    .split(&cfg.channel.user_separator)
+                    .any(|u| u == self.user)
+            {
+                Ok((Bytes::new(), None))
+            } else {
+                Err(ClientError::PERMISSION_DENIED.into())
+            };
+        }
+        let allowed = if self.user.is_empty() {
+            opts.allow_subscribe_for_anonymous
+        } else {
+            opts.allow_subscribe_for_client
+        };
+        if allowed {
+            Ok((Bytes::new(), None))
+        } else {
+            Err(ClientError::PERMISSION_DENIED.into())
+        }
+    }
+
+    async fn on_subscribe(&mut self, _id: u32, req: proto::SubscribeRequest) -> Handled {
+        let channel = req.channel.clone();
+        if self.subs.contains_key(&channel) {
+            return Err(ClientError::ALREADY_SUBSCRIBED.into());
+        }
+        if self.subs.len() >= self.node.config.client.channel_limit {
+            return Err(ClientError::LIMIT_EXCEEDED.into());
+        }
+        let opts = self.node.channel_options(&channel)?;
+        let (chan_info, _expire_at) = self.authorize_subscribe(&channel, opts, &req.token)?;
+        let (result, covered) = self.subscribe_core(&channel, &req, chan_info, None).await?;
+        let reply = Reply {
+            id: _id,
+            subscribe: Some(result),
+            ..Default::default()
+        };
+        let bytes = self.transport.encoding.encode(&reply);
+        self.node
+            .hub
+            .activate(&channel, &self.handle, Some(bytes), covered);
+        self.after_join(&channel).await;
+        Ok(None)
+    }
+
+    /// Registers a subscription (pending in the hub) and computes its result, with the
+    /// recovered publications when the client asked to recover. The caller queues the
+    /// reply and activates the subscription with the returned covered offset.
+    async fn subscribe_core(
+        &mut self,
+        channel: &str,
+        req: &proto::SubscribeRequest,
+        chan_info: Bytes,
+        expire_at: Option<i64>,
+    ) -> Result<(proto::SubscribeResult, u64), Failure> {
+        let node = self.node.clone();
+        let opts = node.channel_options(channel)?;
+        let history_on = opts.history_size > 0 && !opts.history_ttl.is_zero();
+        let recoverable = history_on && (opts.force_recovery || req.recoverable || req.recover);
+        let positioned = history_on && (recoverable || opts.force_positioning || req.positioned);
+        let join_leave = opts.join_leave && (opts.force_push_join_leave || req.join_leave);
+
+        node.hub_subscribe(channel, &self.handle, join_leave)
+            .await?;
+        let (expires, ttl) = Self::ttl(expire_at);
+        let mut result = proto::SubscribeResult {
+            expires,
+            ttl,
+            recoverable,
+            positioned,
+            ..Default::default()
+        };
+        let mut covered = 0;
+        if positioned {
+            let recovering = recoverable && req.recover;
+            let limit = self.node.config.client.recovery_max_publication_limit;
+            let filter = if recovering {
+                HistoryFilter {
+                    since: Some(StreamPosition {
+                        offset: req.offset,
+                        epoch: req.epoch.clone(),
+                    }),
+                    limit: Some(limit + 1),
+                    reverse: false,
+                }
+            } else {
+                HistoryFilter {
+                    limit: Some(0),
+                    ..Default::default()
+                }
+            };
+            let history = match node.recovery_history(channel, &filter).await {
+                Ok(h) => h,
+                Err(e) => {
+                    node.hub_unsubscribe(channel, &self.handle).await;
+                    return Err(e.into());
+                }
+            };
+            if recovering {
+                let same_epoch = history.position.epoch == req.epoch;
+                let pubs = if same_epoch {
+                    history.publications
+                } else {
+                    Vec::new()
+                };
+                let complete = match pubs.first() {
+                    Some(first) => first.offset == req.offset + 1,
+                    None => history.position.offset == req.offset,
+                };
+                result.recovered = same_epoch && complete && pubs.len() <= limit;
+                result.was_recovering = true;
+                result.publications = pubs.iter().take(limit).map(|p| p.to_proto()).collect();
+            }
+            result.epoch = history.position.epoch;
+            result.offset = history.position.offset;
+            covered = history.position.offset;
+        }
+        self.subs.insert(
+            channel.to_string(),
+            SubState {
+                presence: opts.presence,
+                join_leave: opts.join_leave,
+                chan_info,
+            },
+        );
+        Ok((result, covered))
+    }
+
+    async fn after_join(&self, channel: &str) {
+        let Some(sub) = self.subs.get(channel) else {
+            return;
+        };
+        let info = self.client_info(&sub.chan_info);
+        if sub.presence {
+            self.node.add_presence(channel, &info).await;
+        }
+        if sub.join_leave {
+            self.node.publish_join(channel, &info).await;
+        }
+    }
+
+    async fn unsubscribe_core(&mut self, channel: &str) -> bool {
+        let Some(sub) = self.subs.remove(channel) else {
+            return false;
+        };
+        self.node.hub_unsubscribe(channel, &self.handle).await;
+        if sub.presence {
+            self.node
+                .remove_presence(channel, &self.handle.client)
+                .await;
+        }
+        if sub.join_leave {
+            let info = self.client_info(&sub.chan_info);
+            self.node.publish_leave(channel, &info).await;
+        }
+        true
+    }
+
+    async fn on_unsubscribe(&mut self, req: proto::UnsubscribeRequest) -> Handled {
+        self.unsubscribe_core(&req.channel).await;
+        Ok(Some(Reply {
+            unsubscribe: Some(proto::UnsubscribeResult {}),
+            ..Default::default()
+        }))
+    }
+
+    fn allowed(
+        &self,
+        channel: &str,
+        for_subscriber: bool,
+        for_client: bool,
+        for_anonymous: bool,
+    ) -> bool {
+        if self.node.config.client.insecure {
+            return true;
+        }
+        if for_subscriber && self.subs.contains_key(channel) {
+            return true;
+        }
+        if self.user.is_empty() {
+            for_anonymous
+        } else {
+            for_client
+        }
+    }
+
+    async fn on_publish(&mut self, req: proto::PublishRequest) -> Handled {
+        let opts = self.node.channel_options(&req.channel)?;
+        if !self.allowed(
+            &req.channel,
+            opts.allow_publish_for_subscriber,
+            opts.allow_publish_for_client,
+            opts.allow_publish_for_anonymous,
+        ) {
+            return Err(ClientError::PERMISSION_DENIED.into());
+        }
+        if req.data.is_empty() {
+            return Err(ClientError::BAD_REQUEST
+                .with_message("data required")
+                .into());
+        }
+        let chan_info = self
+            .subs
+            .get(&req.channel)
+            .map(|s| s.chan_info.clone())
+            .unwrap_or_default();
+        let info = self.client_info(&chan_info);
+        self.node
+            .publish(&req.channel, req.data, Some(info), HashMap::new(), false)
+            .await?;
+        Ok(Some(Reply {
+            publish: Some(proto::PublishResult {}),
+            ..Default::default()
+        }))
+    }
+
+    async fn on_presence(&mut self, req: proto::PresenceRequest) -> Handled {
+        let opts = self.node.channel_options(&req.channel)?;
+        if !self.allowed(
+            &req.channel,
+            opts.allow_presence_for_subscriber,
+            opts.allow_presence_for_client,
+            opts.allow_presence_for_anonymous,
+        ) {
+            return Err(ClientError::PERMISSION_DENIED.into());
+        }
+        let presence = self.node.presence(&req.channel).await?;
+        Ok(Some(Reply {
+            presence: Some(proto::PresenceResult {
+                presence: presence
+                    .into_iter()
+                    .map(|(k, v)| (k, v.to_proto()))
+                    .collect(),
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn on_presence_stats(&mut self, req: proto::PresenceStatsRequest) -> Handled {
+        let opts = self.node.channel_options(&req.channel)?;
+        if !self.allowed(
+            &req.channel,
+            opts.allow_presence_for_subscriber,
+            opts.allow_presence_for_client,
+            opts.allow_presence_for_anonymous,
+        ) {
+            return Err(ClientError::PERMISSION_DENIED.into());
+        }
+        let (num_clients, num_users) = self.node.presence_stats(&req.channel).await?;
+        Ok(Some(Reply {
+            presence_stats: Some(proto::PresenceStatsResult {
+                num_clients,
+                num_users,
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn on_history(&mut self, req: proto::HistoryRequest) -> Handled {
+        let opts = self.node.channel_options(&req.channel)?;
+        if !self.allowed(
+            &req.channel,
+            opts.allow_history_for_subscriber,
+            opts.allow_history_for_client,
+            opts.allow_history_for_anonymous,
+        ) {
+            return Err(ClientError::PERMISSION_DENIED.into());
+        }
+        let max = self.node.config.client.history_max_publication_limit;
+        let limit = match req.limit {
+            0 => 0,
+            n if n < 0 => max,
+            n => (n as usize).min(max),
+        };
+        let filter = HistoryFilter {
+            since: req.since.map(|s| StreamPosition {
+                offset: s.offset,
+                epoch: s.epoch,
+            }),
+            limit: Some(limit),
+            reverse: req.reverse,
+        };
+        let result = self.node.history(&req.channel, &filter).await?;
+        Ok(Some(Reply {
+            history: Some(proto::HistoryResult {
+                publications: result.publications.iter().map(|p| p.to_proto()).collect(),
+                epoch: result.position.epoch,
+                offset: result.position.offset,
+            }),
+            ..Default::default()
+        }))
+    }
+
+    fn on_refresh(&mut self, req: proto::RefreshRequest) -> Handled {
+        match self.node.verifier.verify_connect(&req.token) {
+            Ok(claims) if claims.user == self.user => {
+                let expire_at = claims.expire_at.filter(|at| *at > 0);
+                if expire_at.is_some_and(|at| at <= now_millis() / 1000) {
+                    return Err(ClientError::TOKEN_EXPIRED.into());
+                }
+                self.expire_at = expire_at;
+                let (expires, ttl) = Self::ttl(expire_at);
+                Ok(Some(Reply {
+                    refresh: Some(proto::RefreshResult {
+                        client: self.handle.client.clone(),
+                        version: env!("CARGO_PKG_VERSION").to_string(),
+                        expires,
+                        ttl,
+                    }),
+                    ..Default::default()
+                }))
+            }
+            Ok(_) => Err(Failure::Close(Disconnect::INVALID_TOKEN)),
+            Err(TokenError::Expired) => Err(ClientError::TOKEN_EXPIRED.into()),
+            Err(TokenError::Invalid(_)) => Err(Failure::Close(Disconnect::INVALID_TOKEN)),
+        }
+    }
+
+    fn on_sub_refresh(&mut self, req: proto::SubRefreshRequest) -> Handled {
+        if !self.subs.contains_key(&req.channel) {
+            return Err(ClientError::PERMISSION_DENIED.into());
+        }
+        match self.node.sub_verifier.verify_subscribe(&req.token) {
+            Ok(claims) if claims.channel == req.channel && claims.user == self.user => {
+                let (expires, ttl) = Self::ttl(claims.expire_at.filter(|at| *at > 0));
+                Ok(Some(Reply {
+                    sub_refresh: Some(proto::SubRefreshResult { expires, ttl }),
+                    ..Default::default()
+                }))
+            }
+            Ok(_) | Err(TokenError::Invalid(_)) => Err(ClientError::PERMISSION_DENIED.into()),
+            Err(TokenError::Expired) => Err(ClientError::TOKEN_EXPIRED.into()),
+        }
+    }
+
+    /// Handles a request from the node (server API) for this session.
+    pub async fn handle_control(&mut self, ctrl: Control) -> Result<(), Disconnect> {
+        match ctrl {
+            Control::Disconnect(d) => Err(d),
+            Control::Frame(bytes) => self.handle_frame(&bytes).await,
+            Control::Unsubscribe { channel } => {
+                if self.unsubscribe_core(&channel).await {
+                    let (code, reason) = unsubscribe::SERVER;
+                    self.send(&Reply {
+                        push: Some(proto::Push {
+                            channel,
+                            unsubscribe: Some(proto::Unsubscribe {
+                                code,
+                                reason: reason.to_string(),
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    });
+                }
+                Ok(())
+            }
+            Control::Subscribe { channel } => {
+                if !self.connected || self.subs.contains_key(&channel) {
+                    return Ok(());
+                }
+                match self
+                    .subscribe_core(
+                        &channel,
+                        &proto::SubscribeRequest::default(),
+                        Bytes::new(),
+                        None,
+                    )
+                    .await
+                {
+                    Ok((result, covered)) => {
+                        let push = Reply {
+                            push: Some(proto::Push {
+                                channel: channel.clone(),
+                                subscribe: Some(proto::Subscribe {
+                                    recoverable: result.recoverable,
+                                    epoch: result.epoch,
+                                    offset: result.offset,
+                                    positioned: result.positioned,
+                                    data: Bytes::new(),
+                                }),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        };
+                        let bytes = self.transport.encoding.encode(&push);
+                        self.node
+                            .hub
+                            .activate(&channel, &self.handle, Some(bytes), covered);
+                        self.after_join(&channel).await;
+                    }
+                    Err(_) => {
+                        tracing::warn!(client = %self.handle.client, channel, "server-side subscribe failed")
+                    }
+                }
+                Ok(())
+            }
+            Control::Refresh { expire_at, expired } => {
+                if expired {
+                    return Err(Disconnect::EXPIRED);
+                }
+                self.expire_at = expire_at.filter(|at| *at > 0);
+                let (expires, ttl) = Self::ttl(self.expire_at);
+                self.send(&Reply {
+                    push: Some(proto::Push {
+                        refresh: Some(proto::Refresh { expires, ttl }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the session: subscriptions, presence and registry entries go; the queue is
+    /// closed with `reason` (unless it was already closed with another).
+    pub async fn close(mut self, reason: &Disconnect) {
+        self.handle.queue.close(reason.clone());
+        let channels: Vec<String> = self.subs.keys().cloned().collect();
+        for channel in channels {
+            self.unsubscribe_core(&channel).await;
+        }
+        if self.connected {
+            self.node.hub.remove_client(&self.handle);
+        }
+        let m = &self.node.metrics;
+        m.connections
+            .get_or_create(&TransportLabel {
+                transport: self.transport.name,
+            })
+            .dec();
+        m.disconnects
+            .get_or_create(&CodeLabel { code: reason.code })
+            .inc();
+        tracing::debug!(client = %self.handle.client, user = %self.user, code = reason.code, reason = %reason.reason, "session closed");
+    }
+}
