@@ -1,0 +1,2 @@
+//! Placeholder: replaced by the hub fan-out benchmark.
+fn main() {}
