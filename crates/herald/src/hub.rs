@@ -200,6 +200,12 @@ impl ClientHandle {
         self.user.lock().clone()
     }
 
+    /// Hands commands that arrived by another path (emulation) to the session, waiting
+    /// for room in its inbox. False when the session is gone.
+    pub async fn send_frame(&self, frame: Bytes) -> bool {
+        !self.queue.is_closed() && self.control.send(Control::Frame(frame)).await.is_ok()
+    }
+
     /// Sends a control message to the session; a session that cannot keep up is closed.
     pub fn control(&self, msg: Control) {
         if self.control.try_send(msg).is_err() {
@@ -231,6 +237,7 @@ pub struct Hub {
     channels: Vec<RwLock<ChannelMap>>,
     users: Vec<RwLock<HashMap<String, HashMap<ClientId, Arc<ClientHandle>>>>>,
     clients: Vec<RwLock<HashMap<ClientId, Arc<ClientHandle>>>>,
+    sessions: Vec<RwLock<HashMap<String, Arc<ClientHandle>>>>,
     next_id: AtomicU64,
     subscriptions: AtomicUsize,
 }
@@ -276,6 +283,7 @@ impl Hub {
             channels: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             users: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             clients: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            sessions: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             next_id: AtomicU64::new(1),
             subscriptions: AtomicUsize::new(0),
         }
@@ -324,6 +332,26 @@ impl Hub {
         self.clients[shard_of(&handle.id)]
             .write()
             .remove(&handle.id);
+    }
+
+    /// Registers an emulation session id, under which later commands for it arrive.
+    pub fn add_session(&self, session: &str, handle: &Arc<ClientHandle>) {
+        self.sessions[shard_of(session)]
+            .write()
+            .insert(session.to_string(), handle.clone());
+    }
+
+    /// Forgets an emulation session id.
+    pub fn remove_session(&self, session: &str) {
+        self.sessions[shard_of(session)].write().remove(session);
+    }
+
+    /// The client behind an emulation session id.
+    pub fn session(&self, session: &str) -> Option<Arc<ClientHandle>> {
+        self.sessions[shard_of(session)]
+            .read()
+            .get(session)
+            .cloned()
     }
 
     /// The connected clients of a user.
@@ -415,11 +443,12 @@ impl Hub {
             return 0;
         };
         let mut encoded = EncodedOnce::new(|enc| {
-            enc.encode(&push_reply(proto::Push {
+            enc.encode_reply(&push_reply(proto::Push {
                 channel: channel.to_string(),
                 r#pub: Some(publication.to_proto()),
                 ..Default::default()
             }))
+            .unwrap_or_default()
         });
         let mut n = 0;
         for sub in subs.values() {
@@ -448,7 +477,7 @@ impl Hub {
             } else {
                 push.leave = Some(proto::Leave { info });
             }
-            enc.encode(&push_reply(push))
+            enc.encode_reply(&push_reply(push)).unwrap_or_default()
         });
         for sub in subs.values().filter(|s| s.join_leave) {
             let bytes = encoded.get(sub.client.queue.encoding());

@@ -37,6 +37,9 @@ pub struct TransportInfo {
     pub encoding: Encoding,
     /// Server-to-client only: no pongs expected, commands come from the connect request.
     pub unidirectional: bool,
+    /// Client-to-server commands arrive through the emulation endpoint, addressed by the
+    /// session id given in the connect result.
+    pub emulation: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +76,7 @@ pub struct Session {
     control: mpsc::Receiver<Control>,
     transport: TransportInfo,
     connected: bool,
+    session_id: String,
     user: String,
     conn_info: Bytes,
     expire_at: Option<i64>,
@@ -100,6 +104,7 @@ impl Session {
             control,
             transport,
             connected: false,
+            session_id: String::new(),
             user: String::new(),
             conn_info: Bytes::new(),
             expire_at: None,
@@ -205,6 +210,27 @@ impl Session {
                 let info = self.client_info(&sub.chan_info);
                 self.node.add_presence(channel, &info).await;
             }
+        }
+    }
+
+    /// Connects a unidirectional client from its connect request. Failures that a
+    /// bidirectional client would get as an error reply become disconnects, since a
+    /// unidirectional client reads pushes only.
+    pub async fn connect_unidirectional(
+        &mut self,
+        req: proto::ConnectRequest,
+    ) -> Result<(), Disconnect> {
+        match self.on_connect(1, req).await {
+            Ok(_) if self.connected => Ok(()),
+            Ok(_) => Err(Disconnect::BAD_REQUEST),
+            Err(Failure::Close(d)) => Err(d),
+            Err(Failure::Reply(e)) if e.code == ClientError::TOKEN_EXPIRED.code => {
+                Err(Disconnect::EXPIRED)
+            }
+            Err(Failure::Reply(e)) if e.code == ClientError::UNAUTHORIZED.code => {
+                Err(Disconnect::INVALID_TOKEN)
+            }
+            Err(Failure::Reply(_)) => Err(Disconnect::BAD_REQUEST),
         }
     }
 
@@ -376,6 +402,10 @@ impl Session {
         self.connected = true;
         self.stale_deadline = None;
         self.node.hub.add_client(&self.handle, &self.user);
+        if self.transport.emulation {
+            self.session_id = uuid::Uuid::new_v4().to_string();
+            self.node.hub.add_session(&self.session_id, &self.handle);
+        }
 
         // Server-side subscriptions from the token, recovered with the positions the
         // client sent for them.
@@ -411,6 +441,7 @@ impl Session {
                 ping: cfg.client.ping_interval.as_secs() as u32,
                 pong: !self.transport.unidirectional,
                 node: self.node.uid().to_string(),
+                session: self.session_id.clone(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -885,6 +916,9 @@ impl Session {
         }
         if self.connected {
             self.node.hub.remove_client(&self.handle);
+        }
+        if !self.session_id.is_empty() {
+            self.node.hub.remove_session(&self.session_id);
         }
         let m = &self.node.metrics;
         m.connections

@@ -18,16 +18,24 @@ pub mod proto {
 pub use proto::{Command, Reply};
 
 /// How a connection encodes its messages; chosen once per connection.
+///
+/// The bidirectional encodings carry [`Reply`] messages; the unidirectional ones carry bare
+/// [`proto::Push`] messages (the connect result becomes a `connect` push, a ping an empty
+/// push), as Centrifugo's unidirectional protocol does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Encoding {
     /// Newline-delimited JSON with application data embedded as raw JSON.
     Json,
     /// Varint-length-prefixed Protobuf (WebSocket subprotocol `centrifuge-protobuf`).
     Protobuf,
+    /// Unidirectional JSON: one Push object per message.
+    UniJson,
+    /// Unidirectional Protobuf: one Push message per message (uni gRPC).
+    UniProtobuf,
 }
 
 /// Number of [`Encoding`] variants: the size of per-encoding caches.
-pub const ENCODINGS: usize = 2;
+pub const ENCODINGS: usize = 4;
 
 impl Encoding {
     /// Index into per-encoding arrays.
@@ -35,7 +43,53 @@ impl Encoding {
         match self {
             Encoding::Json => 0,
             Encoding::Protobuf => 1,
+            Encoding::UniJson => 2,
+            Encoding::UniProtobuf => 3,
         }
+    }
+
+    /// Whether messages are JSON text.
+    pub fn is_json(self) -> bool {
+        matches!(self, Encoding::Json | Encoding::UniJson)
+    }
+
+    /// Whether messages are bare pushes (unidirectional transports).
+    pub fn is_unidirectional(self) -> bool {
+        matches!(self, Encoding::UniJson | Encoding::UniProtobuf)
+    }
+
+    /// Encodes a reply for this connection: as is for bidirectional encodings; as the
+    /// equivalent push for unidirectional ones, or `None` when a push cannot carry it
+    /// (a command error: unidirectional clients send no commands but the first).
+    pub fn encode_reply(self, reply: &Reply) -> Option<Bytes> {
+        if !self.is_unidirectional() {
+            return Some(self.encode(reply));
+        }
+        let push = if let Some(push) = &reply.push {
+            push.clone()
+        } else if let Some(c) = &reply.connect {
+            proto::Push {
+                connect: Some(proto::Connect {
+                    client: c.client.clone(),
+                    version: c.version.clone(),
+                    data: c.data.clone(),
+                    subs: c.subs.clone(),
+                    expires: c.expires,
+                    ttl: c.ttl,
+                    ping: c.ping,
+                    pong: c.pong,
+                    session: c.session.clone(),
+                    node: c.node.clone(),
+                    time: c.time,
+                }),
+                ..Default::default()
+            }
+        } else if *reply == Reply::default() {
+            proto::Push::default()
+        } else {
+            return None;
+        };
+        Some(self.encode(&push))
     }
 
     /// Decodes every message in one frame.
@@ -43,9 +97,10 @@ impl Encoding {
     where
         M: prost::Message + Default + serde::de::DeserializeOwned,
     {
-        match self {
-            Encoding::Json => json::decode_all(frame),
-            Encoding::Protobuf => protobuf::decode_all(frame),
+        if self.is_json() {
+            json::decode_all(frame)
+        } else {
+            protobuf::decode_all(frame)
         }
     }
 
@@ -55,16 +110,17 @@ impl Encoding {
     where
         M: prost::Message + serde::Serialize,
     {
-        match self {
-            Encoding::Json => json::encode(message),
-            Encoding::Protobuf => protobuf::encode_delimited(message),
+        if self.is_json() {
+            json::encode(message)
+        } else {
+            protobuf::encode_delimited(message)
         }
     }
 
     /// Appends several encoded messages to one frame, in order.
     pub fn join<'a>(self, parts: impl IntoIterator<Item = &'a Bytes>, out: &mut BytesMut) {
         for (i, part) in parts.into_iter().enumerate() {
-            if i > 0 && self == Encoding::Json {
+            if i > 0 && self.is_json() {
                 out.put_u8(b'\n');
             }
             out.extend_from_slice(part);
@@ -130,6 +186,39 @@ mod tests {
             let back: Vec<Reply> = enc.decode(&frame).unwrap();
             assert_eq!(back, vec![sample_reply(), Reply::default()], "{enc:?}");
         }
+    }
+
+    #[test]
+    fn unidirectional_encodings_carry_bare_pushes() {
+        let reply = sample_reply();
+        let uni = Encoding::UniJson.encode_reply(&reply).unwrap();
+        assert!(
+            std::str::from_utf8(&uni)
+                .unwrap()
+                .starts_with(r#"{"channel":"chat:room","pub":"#)
+        );
+        let connect = Reply {
+            id: 1,
+            connect: Some(proto::ConnectResult {
+                client: "c".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            &Encoding::UniJson.encode_reply(&connect).unwrap()[..],
+            br#"{"connect":{"client":"c"}}"#
+        );
+        assert_eq!(
+            &Encoding::UniJson.encode_reply(&Reply::default()).unwrap()[..],
+            b"{}"
+        );
+        let error = Reply {
+            id: 2,
+            error: Some(proto::Error::default()),
+            ..Default::default()
+        };
+        assert!(Encoding::UniProtobuf.encode_reply(&error).is_none());
     }
 
     #[test]

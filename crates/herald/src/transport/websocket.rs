@@ -112,6 +112,7 @@ where
             name: NAME,
             encoding,
             unidirectional: false,
+            emulation: false,
         },
     );
     let handle = session.handle();
@@ -172,9 +173,10 @@ async fn write_loop<Si>(
                 encoding.join(&batch.items, &mut buf);
                 buf.split().freeze()
             };
-            let msg = match encoding {
-                Encoding::Json => Message::text(payload),
-                Encoding::Protobuf => Message::binary(payload),
+            let msg = if encoding.is_json() {
+                Message::text(payload)
+            } else {
+                Message::binary(payload)
             };
             match tokio::time::timeout(timeout, sink.send(msg)).await {
                 Ok(Ok(())) => {
