@@ -24,6 +24,15 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn router(node: Arc<Node>) -> Router {
     let mut r = Router::new()
         .route("/connection/websocket", any(transport::websocket::handler))
+        .route(
+            "/connection/http_stream",
+            post(transport::http_stream::handler),
+        )
+        .route(
+            "/connection/sse",
+            get(transport::sse::handler).post(transport::sse::handler),
+        )
+        .route("/emulation", post(transport::emulation::handler))
         .route("/api/{method}", post(crate::api::handler))
         .route("/health", get(health));
     if node.config.prometheus.enabled {

@@ -1,6 +1,9 @@
 //! Transport adapters: each turns a socket or an HTTP request into a [`crate::session::Session`]
 //! and drains the session's queue back to the client. Adapters never import each other.
 
+pub mod emulation;
+pub mod http_stream;
+pub mod sse;
 pub mod websocket;
 
 use http::HeaderMap;
@@ -87,5 +90,173 @@ mod tests {
             &headers(Some("https://x.org"), "h"),
             &["*".to_string()]
         ));
+    }
+}
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::Disconnect;
+use crate::hub::ClientHandle;
+use crate::metrics::TransportLabel;
+use crate::node::Node;
+use crate::protocol::{Encoding, Reply, proto};
+use crate::session::{Session, TransportInfo};
+
+/// What starts a session that is not a WebSocket.
+pub enum Initial {
+    /// Commands from the request (bidirectional emulation).
+    Frame(Bytes),
+    /// The connect request of a unidirectional client.
+    Connect(proto::ConnectRequest),
+}
+
+/// Creates a session, handles its first commands and, once it is connected, runs it in
+/// the background (later commands arrive as control frames). Returns its handle, whose
+/// queue the caller streams to the client.
+pub async fn start_session(
+    node: Arc<Node>,
+    info: TransportInfo,
+    initial: Initial,
+) -> Arc<ClientHandle> {
+    let mut session = Session::new(node, info);
+    let handle = session.handle();
+    let result = match initial {
+        Initial::Frame(frame) => session.handle_frame(&frame).await,
+        Initial::Connect(req) => session.connect_unidirectional(req).await,
+    };
+    match result {
+        Ok(()) if session.is_connected() => {
+            tokio::spawn(session.run(futures_util::stream::pending()));
+        }
+        // An error reply to the connect is queued; the stream ends after it.
+        Ok(()) => session.close(&Disconnect::CONNECTION_CLOSED).await,
+        Err(d) => session.close(&d).await,
+    }
+    handle
+}
+
+/// How a streaming transport delimits messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// One JSON message per line (HTTP streaming, JSON).
+    Lines,
+    /// Length-prefixed Protobuf messages back to back.
+    Delimited,
+    /// One SSE event per message: `data: <json>` and a blank line.
+    SseData,
+}
+
+impl Framing {
+    /// Appends one framed message.
+    pub fn frame(self, message: &[u8], out: &mut BytesMut) {
+        match self {
+            Framing::Lines => {
+                out.extend_from_slice(message);
+                out.put_u8(b'\n');
+            }
+            Framing::Delimited => out.extend_from_slice(message),
+            Framing::SseData => {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(message);
+                out.extend_from_slice(b"\n\n");
+            }
+        }
+    }
+}
+
+/// Closes the client's queue when the response body is dropped (the client went away).
+struct CloseOnDrop(Arc<ClientHandle>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.queue.close(Disconnect::CONNECTION_CLOSED);
+    }
+}
+
+/// A response body that streams the client's queue: every batch becomes one chunk (write
+/// coalescing). A server-side disconnect is sent as a Disconnect push before the end.
+pub fn queue_body(
+    node: &Node,
+    handle: Arc<ClientHandle>,
+    framing: Framing,
+    transport: &'static str,
+) -> axum::body::Body {
+    let sent = node
+        .metrics
+        .messages_sent
+        .get_or_create(&TransportLabel { transport })
+        .clone();
+    let encoding = handle.queue.encoding();
+    let state = (CloseOnDrop(handle), false);
+    let stream = futures_util::stream::unfold(state, move |(guard, done)| {
+        let sent = sent.clone();
+        async move {
+            if done {
+                return None;
+            }
+            let batch = guard.0.queue.next_batch().await;
+            let mut buf = BytesMut::new();
+            for item in &batch.items {
+                framing.frame(item, &mut buf);
+            }
+            sent.inc_by(batch.items.len() as u64);
+            let mut finished = false;
+            if let Some(d) = batch.close {
+                finished = true;
+                if d != Disconnect::CONNECTION_CLOSED
+                    && let Some(bytes) = encoding.encode_reply(&disconnect_push(&d))
+                {
+                    framing.frame(&bytes, &mut buf);
+                }
+            }
+            if buf.is_empty() && finished {
+                return None;
+            }
+            Some((Ok::<Bytes, Infallible>(buf.freeze()), (guard, finished)))
+        }
+    });
+    axum::body::Body::from_stream(stream)
+}
+
+fn disconnect_push(d: &Disconnect) -> Reply {
+    Reply {
+        push: Some(proto::Push {
+            disconnect: Some(d.to_proto()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Response headers every streaming response carries: no caching, no proxy buffering.
+pub fn streaming_headers(content_type: &'static str) -> [(http::HeaderName, &'static str); 3] {
+    [
+        (http::header::CONTENT_TYPE, content_type),
+        (
+            http::header::CACHE_CONTROL,
+            "no-cache, no-store, must-revalidate",
+        ),
+        (http::HeaderName::from_static("x-accel-buffering"), "no"),
+    ]
+}
+
+/// Whether a request body is Protobuf (by content type).
+pub fn is_protobuf_request(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/octet-stream"))
+}
+
+/// The encoding that matches `protobuf` for a transport direction.
+pub fn encoding_for(protobuf: bool, unidirectional: bool) -> Encoding {
+    match (protobuf, unidirectional) {
+        (false, false) => Encoding::Json,
+        (true, false) => Encoding::Protobuf,
+        (false, true) => Encoding::UniJson,
+        (true, true) => Encoding::UniProtobuf,
     }
 }

@@ -1,0 +1,60 @@
+//! `POST /emulation`: commands from emulation clients (HTTP streaming, SSE) for a session
+//! that streams on another request. The body is `{session, node, data}` (JSON, `data` the
+//! JSON lines as a string) or an EmulationRequest (Protobuf, `data` length-prefixed
+//! commands). 404 when the node is not this one (the client then reconnects), 204 when the
+//! session is gone, 200 when the commands were handed to the session.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode};
+use prost::Message;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::is_protobuf_request;
+use crate::node::Node;
+use crate::protocol::proto::EmulationRequest;
+
+#[derive(Deserialize)]
+struct JsonEmulationRequest {
+    #[serde(default)]
+    session: String,
+    #[serde(default)]
+    node: String,
+    data: Box<RawValue>,
+}
+
+fn bad_request(msg: String) -> Response {
+    (StatusCode::BAD_REQUEST, msg).into_response()
+}
+
+/// Routes commands to the session that owns them.
+pub async fn handler(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (session, target, data) = if is_protobuf_request(&headers) {
+        match EmulationRequest::decode(body) {
+            Ok(r) => (r.session, r.node, r.data),
+            Err(e) => return bad_request(format!("malformed EmulationRequest: {e}")),
+        }
+    } else {
+        let r: JsonEmulationRequest = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return bad_request(format!("malformed emulation request: {e}")),
+        };
+        // The SDKs send the JSON lines as a string; raw JSON is accepted too.
+        let data = match serde_json::from_str::<String>(r.data.get()) {
+            Ok(s) => Bytes::from(s.into_bytes()),
+            Err(_) => Bytes::copy_from_slice(r.data.get().as_bytes()),
+        };
+        (r.session, r.node, data)
+    };
+    if target != node.uid() {
+        return (StatusCode::NOT_FOUND, "unknown node").into_response();
+    }
+    match node.hub.session(&session) {
+        Some(handle) if handle.send_frame(data).await => StatusCode::OK.into_response(),
+        _ => StatusCode::NO_CONTENT.into_response(),
+    }
+}
