@@ -65,8 +65,24 @@ pub enum Control {
 /// Bound on pending control messages per session; they are rare.
 const CONTROL_QUEUE: usize = 64;
 
+/// Where a queued publication sits in its channel stream. Transports that write
+/// resumable positions beside each event (uni SSE `id:`) read these; others ignore them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PositionTag {
+    /// Channel of the stream.
+    pub channel: Arc<str>,
+    /// Offset reached once this item is delivered.
+    pub offset: u64,
+    /// Stream epoch.
+    pub epoch: Arc<str>,
+}
+
+/// Positions that an item moves its client to: one for a publication, every subscribed
+/// channel's for a connect reply. Shared by all subscribers of a publication.
+pub type Tags = Arc<[PositionTag]>;
+
 struct QueueState {
-    items: VecDeque<Bytes>,
+    items: VecDeque<(Bytes, Option<Tags>)>,
     bytes: usize,
     close: Option<Disconnect>,
 }
@@ -85,6 +101,8 @@ pub struct ClientQueue {
 pub struct Batch {
     /// Encoded messages to write, in order.
     pub items: Vec<Bytes>,
+    /// Stream positions of some items, by index into `items` (see [`PositionTag`]).
+    pub tags: Vec<(usize, Tags)>,
     /// Set when the connection must close after the items.
     pub close: Option<Disconnect>,
 }
@@ -112,6 +130,11 @@ impl ClientQueue {
     /// Queues one encoded message. Returns false when the queue is closed or overflows;
     /// an overflow closes it with [`Disconnect::SLOW`].
     pub fn push(&self, item: Bytes) -> bool {
+        self.push_tagged(item, None)
+    }
+
+    /// Queues one encoded message with the stream positions it carries.
+    pub fn push_tagged(&self, item: Bytes, tags: Option<Tags>) -> bool {
         let mut st = self.state.lock();
         if st.close.is_some() {
             return false;
@@ -126,7 +149,7 @@ impl ClientQueue {
             return false;
         }
         st.bytes += item.len();
-        st.items.push_back(item);
+        st.items.push_back((item, tags));
         drop(st);
         self.notify.notify_one();
         true
@@ -171,10 +194,18 @@ impl ClientQueue {
                 let mut st = self.state.lock();
                 if !st.items.is_empty() || st.close.is_some() {
                     st.bytes = 0;
-                    return Batch {
-                        items: st.items.drain(..).collect(),
+                    let mut batch = Batch {
+                        items: Vec::with_capacity(st.items.len()),
+                        tags: Vec::new(),
                         close: st.close.clone(),
                     };
+                    for (i, (bytes, tags)) in st.items.drain(..).enumerate() {
+                        batch.items.push(bytes);
+                        if let Some(t) = tags {
+                            batch.tags.push((i, t));
+                        }
+                    }
+                    return batch;
                 }
             }
             notified.await;
@@ -217,16 +248,16 @@ impl ClientHandle {
 struct Subscriber {
     client: Arc<ClientHandle>,
     join_leave: bool,
-    pending: Option<Mutex<Vec<(u64, Bytes)>>>,
+    pending: Option<Mutex<Vec<(u64, Bytes, Option<Tags>)>>>,
 }
 
 impl Subscriber {
-    fn deliver(&self, offset: u64, bytes: Bytes) -> bool {
+    fn deliver(&self, offset: u64, bytes: Bytes, tags: Option<&Tags>) -> bool {
         if let Some(pending) = &self.pending {
-            pending.lock().push((offset, bytes));
+            pending.lock().push((offset, bytes, tags.cloned()));
             return true;
         }
-        self.client.queue.push(bytes)
+        self.client.queue.push_tagged(bytes, tags.cloned())
     }
 }
 
@@ -399,22 +430,22 @@ impl Hub {
         &self,
         channel: &str,
         client: &ClientHandle,
-        reply: Option<Bytes>,
+        reply: Option<(Bytes, Option<Tags>)>,
         covered_offset: u64,
     ) {
         let mut shard = self.channels[shard_of(channel)].write();
         let sub = shard
             .get_mut(channel)
             .and_then(|subs| subs.get_mut(&client.id));
-        if let Some(reply) = reply {
-            client.queue.push(reply);
+        if let Some((reply, tags)) = reply {
+            client.queue.push_tagged(reply, tags);
         }
         if let Some(sub) = sub
             && let Some(pending) = sub.pending.take()
         {
-            for (offset, bytes) in pending.into_inner() {
+            for (offset, bytes, tags) in pending.into_inner() {
                 if offset == 0 || offset > covered_offset {
-                    client.queue.push(bytes);
+                    client.queue.push_tagged(bytes, tags);
                 }
             }
         }
@@ -437,11 +468,24 @@ impl Hub {
     }
 
     /// Delivers a publication to every local subscriber of `channel`; returns how many.
-    pub fn broadcast_publication(&self, channel: &str, publication: &Publication) -> usize {
+    /// `epoch` is the channel stream's epoch, for the items' [`PositionTag`].
+    pub fn broadcast_publication(
+        &self,
+        channel: &str,
+        publication: &Publication,
+        epoch: &str,
+    ) -> usize {
         let shard = self.channels[shard_of(channel)].read();
         let Some(subs) = shard.get(channel) else {
             return 0;
         };
+        let tags: Option<Tags> = (publication.offset > 0).then(|| {
+            Arc::from([PositionTag {
+                channel: Arc::from(channel),
+                offset: publication.offset,
+                epoch: Arc::from(epoch),
+            }])
+        });
         let mut encoded = EncodedOnce::new(|enc| {
             enc.encode_reply(&push_reply(proto::Push {
                 channel: channel.to_string(),
@@ -453,7 +497,7 @@ impl Hub {
         let mut n = 0;
         for sub in subs.values() {
             let bytes = encoded.get(sub.client.queue.encoding());
-            if sub.deliver(publication.offset, bytes) {
+            if sub.deliver(publication.offset, bytes, tags.as_ref()) {
                 n += 1;
             }
         }
@@ -481,7 +525,7 @@ impl Hub {
         });
         for sub in subs.values().filter(|s| s.join_leave) {
             let bytes = encoded.get(sub.client.queue.encoding());
-            sub.deliver(0, bytes);
+            sub.deliver(0, bytes, None);
         }
     }
 
@@ -536,15 +580,15 @@ mod tests {
         let hub = Hub::new();
         let (c, _rx) = hub.new_client(Encoding::Json, 1 << 20);
         hub.add_subscriber("ch", &c, false);
-        hub.broadcast_publication("ch", &publication(4));
-        hub.broadcast_publication("ch", &publication(5));
+        hub.broadcast_publication("ch", &publication(4), "e");
+        hub.broadcast_publication("ch", &publication(5), "e");
         assert_eq!(
             c.queue.len_bytes(),
             0,
             "pending deliveries wait for the reply"
         );
-        hub.activate("ch", &c, Some(Bytes::from_static(b"REPLY")), 4);
-        hub.broadcast_publication("ch", &publication(6));
+        hub.activate("ch", &c, Some((Bytes::from_static(b"REPLY"), None)), 4);
+        hub.broadcast_publication("ch", &publication(6), "e");
         let batch = c.queue.next_batch().await;
         assert_eq!(batch.items.len(), 3);
         assert_eq!(&batch.items[0][..], b"REPLY");
@@ -570,7 +614,7 @@ mod tests {
             hub.add_subscriber("ch", c, false);
             hub.activate("ch", c, None, 0);
         }
-        assert_eq!(hub.broadcast_publication("ch", &publication(1)), 3);
+        assert_eq!(hub.broadcast_publication("ch", &publication(1), "e"), 3);
         let mut ptrs = Vec::new();
         for (c, _) in &clients {
             let b = c.queue.next_batch().await;
@@ -589,7 +633,7 @@ mod tests {
         hub.add_subscriber("ch", &c, false);
         hub.activate("ch", &c, None, 0);
         for i in 1..=10 {
-            hub.broadcast_publication("ch", &publication(i));
+            hub.broadcast_publication("ch", &publication(i), "e");
         }
         assert!(c.queue.is_closed());
         assert_eq!(c.queue.close_reason(), Some(Disconnect::SLOW));

@@ -118,9 +118,11 @@ impl BrokerEventHandler for HubHandler {
         &self,
         channel: &str,
         publication: Arc<Publication>,
-        _position: &StreamPosition,
+        position: &StreamPosition,
     ) {
-        let n = self.hub.broadcast_publication(channel, &publication);
+        let n = self
+            .hub
+            .broadcast_publication(channel, &publication, &position.epoch);
         self.metrics.deliveries.inc_by(n as u64);
     }
 

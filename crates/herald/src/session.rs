@@ -19,7 +19,7 @@ use crate::auth::TokenError;
 use crate::config::ChannelOptions;
 use crate::engine::{ClientInfo, HistoryFilter, StreamPosition, now_millis};
 use crate::error::{ClientError, Disconnect, unsubscribe};
-use crate::hub::{ClientHandle, Control};
+use crate::hub::{ClientHandle, Control, PositionTag, Tags};
 use crate::metrics::{CodeLabel, MethodLabel, TransportLabel};
 use crate::node::Node;
 use crate::protocol::Encoding;
@@ -40,6 +40,10 @@ pub struct TransportInfo {
     /// Client-to-server commands arrive through the emulation endpoint, addressed by the
     /// session id given in the connect result.
     pub emulation: bool,
+    /// The transport writes each event's stream position beside it (uni SSE `id:`), so
+    /// recovered publications go out as separate pushes rather than inside the connect
+    /// reply.
+    pub positions_in_stream: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -347,9 +351,13 @@ impl Session {
     }
 
     fn send(&self, reply: &Reply) {
-        self.handle
-            .queue
-            .push(self.transport.encoding.encode(reply));
+        self.send_tagged(reply, None);
+    }
+
+    fn send_tagged(&self, reply: &Reply, tags: Option<Tags>) {
+        if let Some(bytes) = self.transport.encoding.encode_reply(reply) {
+            self.handle.queue.push_tagged(bytes, tags);
+        }
     }
 
     fn client_info(&self, chan_info: &Bytes) -> ClientInfo {
@@ -413,10 +421,29 @@ impl Session {
         let mut activations = Vec::new();
         channels.sort();
         channels.dedup();
-        for channel in channels {
+        let mut wanted: Vec<(String, Bytes, Option<i64>)> = channels
+            .into_iter()
+            .map(|c| (c, Bytes::new(), None))
+            .collect();
+        if self.transport.unidirectional {
+            // A unidirectional client cannot send subscribe commands: the connect request
+            // names its channels, each checked as a subscribe would be.
+            let mut requested: Vec<(&String, &proto::SubscribeRequest)> = req.subs.iter().collect();
+            requested.sort_by(|a, b| a.0.cmp(b.0));
+            for (channel, sub_req) in requested {
+                if wanted.iter().any(|(c, _, _)| c == channel) {
+                    continue;
+                }
+                let opts = self.node.channel_options(channel)?;
+                let (chan_info, expire_at) =
+                    self.authorize_subscribe(channel, opts, &sub_req.token)?;
+                wanted.push((channel.clone(), chan_info, expire_at));
+            }
+        }
+        for (channel, chan_info, expire_at) in wanted {
             let sub_req = req.subs.get(&channel).cloned().unwrap_or_default();
             match self
-                .subscribe_core(&channel, &sub_req, Bytes::new(), None)
+                .subscribe_core(&channel, &sub_req, chan_info, expire_at)
                 .await
             {
                 Ok((result, covered)) => {
@@ -428,6 +455,28 @@ impl Session {
                 }
                 Err(Failure::Close(d)) => return Err(Failure::Close(d)),
             }
+        }
+        // Positions the connect reply moves the client to, and (for transports that write
+        // positions beside events) recovered publications as separate pushes.
+        let mut tags = Vec::new();
+        let mut recovered = Vec::new();
+        for (channel, result) in subs.iter_mut() {
+            if !result.positioned {
+                continue;
+            }
+            let mut start = result.offset;
+            if self.transport.positions_in_stream {
+                let pubs = std::mem::take(&mut result.publications);
+                if let Some(first) = pubs.first() {
+                    start = first.offset.saturating_sub(1);
+                }
+                recovered.push((channel.clone(), result.epoch.clone(), pubs));
+            }
+            tags.push(PositionTag {
+                channel: Arc::from(channel.as_str()),
+                offset: start,
+                epoch: Arc::from(result.epoch.as_str()),
+            });
         }
         let (expires, ttl) = Self::ttl(self.expire_at);
         let reply = Reply {
@@ -446,7 +495,25 @@ impl Session {
             }),
             ..Default::default()
         };
-        self.send(&reply);
+        self.send_tagged(&reply, (!tags.is_empty()).then(|| Tags::from(tags)));
+        for (channel, epoch, pubs) in recovered {
+            for publication in pubs {
+                let tag = PositionTag {
+                    channel: Arc::from(channel.as_str()),
+                    offset: publication.offset,
+                    epoch: Arc::from(epoch.as_str()),
+                };
+                let push = Reply {
+                    push: Some(proto::Push {
+                        channel: channel.clone(),
+                        r#pub: Some(publication),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                self.send_tagged(&push, Some(Tags::from([tag])));
+            }
+        }
         for (channel, covered) in activations {
             self.node
                 .hub
@@ -528,10 +595,10 @@ impl Session {
             subscribe: Some(result),
             ..Default::default()
         };
-        let bytes = self.transport.encoding.encode(&reply);
+        let bytes = self.transport.encoding.encode_reply(&reply);
         self.node
             .hub
-            .activate(&channel, &self.handle, Some(bytes), covered);
+            .activate(&channel, &self.handle, bytes.map(|b| (b, None)), covered);
         self.after_join(&channel).await;
         Ok(None)
     }
@@ -867,7 +934,7 @@ impl Session {
                                 channel: channel.clone(),
                                 subscribe: Some(proto::Subscribe {
                                     recoverable: result.recoverable,
-                                    epoch: result.epoch,
+                                    epoch: result.epoch.clone(),
                                     offset: result.offset,
                                     positioned: result.positioned,
                                     data: Bytes::new(),
@@ -876,10 +943,21 @@ impl Session {
                             }),
                             ..Default::default()
                         };
-                        let bytes = self.transport.encoding.encode(&push);
+                        let tags = result.positioned.then(|| {
+                            Tags::from([PositionTag {
+                                channel: Arc::from(channel.as_str()),
+                                offset: result.offset,
+                                epoch: Arc::from(result.epoch.as_str()),
+                            }])
+                        });
+                        let bytes = self
+                            .transport
+                            .encoding
+                            .encode_reply(&push)
+                            .map(|b| (b, tags));
                         self.node
                             .hub
-                            .activate(&channel, &self.handle, Some(bytes), covered);
+                            .activate(&channel, &self.handle, bytes, covered);
                         self.after_join(&channel).await;
                     }
                     Err(_) => {

@@ -32,6 +32,7 @@ pub async fn handler(State(node): State<Arc<Node>>, headers: HeaderMap, body: By
         encoding,
         unidirectional: false,
         emulation: true,
+        positions_in_stream: false,
     };
     let handle = start_session(node.clone(), info, Initial::Frame(body)).await;
     let (content_type, framing) = if protobuf {

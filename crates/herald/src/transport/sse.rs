@@ -48,6 +48,7 @@ pub async fn handler(
         encoding: Encoding::Json,
         unidirectional: false,
         emulation: true,
+        positions_in_stream: false,
     };
     let handle = start_session(node.clone(), info, Initial::Frame(initial)).await;
     (

@@ -113,6 +113,7 @@ where
             encoding,
             unidirectional: false,
             emulation: false,
+            positions_in_stream: false,
         },
     );
     let handle = session.handle();
