@@ -1,229 +1,2342 @@
-//! TEMPORARY minimal configuration (replaced by the full module).
-use serde::{Deserialize, Serialize};
+//! Configuration: one struct with defaults in one place.
+//!
+//! This module owns Herald's configuration: the [`Config`] tree with every
+//! default, loading it from a file and `HERALD_*` environment variables, and
+//! validating it before the server starts. It does no I/O beyond reading the
+//! config file (and the kernel's host name once, for the default node name).
+//!
+//! # Shape
+//!
+//! Herald reads the same key names and nesting as Centrifugo v6, so a
+//! Centrifugo v6 config moves over unchanged: `http_server.port`,
+//! `client.token.hmac_secret_key`, `channel.namespaces`, and so on. Keys that
+//! Herald does not implement are reported as warnings (never silently
+//! accepted, never fatal). Where Herald differs from Centrifugo the field's
+//! doc says so: `http_server.address` defaults to loopback, and `health` and
+//! `prometheus` are enabled by default.
+//!
+//! # Sources, lowest priority first
+//!
+//! 1. [`Config::default()`], the embedded defaults.
+//! 2. A config file, JSON (`.json`), YAML (`.yaml`, `.yml`) or TOML (`.toml`).
+//! 3. Environment variables `HERALD_<PATH>`, where `<PATH>` is the dotted key
+//!    upper-cased with `.` written as `_`: `HERALD_HTTP_SERVER_PORT=8001`,
+//!    `HERALD_CLIENT_TOKEN_HMAC_SECRET_KEY=...`. The value is read according
+//!    to the key's type: booleans take Go's spellings (`true`, `1`, `f`, ...),
+//!    numbers are numbers, strings are taken verbatim, lists take JSON
+//!    (`'["a","b"]'`) or space-separated words, objects and lists of objects
+//!    (`HERALD_CHANNEL_NAMESPACES='[{"name":"chat"}]'`) take JSON. An empty
+//!    variable counts as unset, as in Centrifugo. A `HERALD_` variable that
+//!    matches no key is reported as a warning; `HERALD_CONFIG` is not a
+//!    configuration key and is ignored here.
+//!
+//! Command-line flags are applied by the binary on top of the loaded config.
+//!
+//! # Durations
+//!
+//! Durations take Go/Centrifugo strings (`"25s"`, `"300ms"`, `"1h30m"`) or a
+//! plain integer number of seconds, and are exposed as
+//! [`std::time::Duration`]; see [`duration`].
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct TokenConfig {
-    pub hmac_secret_key: String,
-    pub rsa_public_key: String,
-    pub ecdsa_public_key: String,
-    pub audience: String,
-    pub issuer: String,
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "HERALD_";
+
+/// `HERALD_*` variables that are not configuration keys (they are read by the
+/// command line) and are skipped without a warning.
+pub const NON_CONFIG_ENV_VARS: &[&str] = &["HERALD_CONFIG"];
+
+/// The log levels accepted by `log.level`.
+pub const LOG_LEVELS: &[&str] = &["none", "trace", "debug", "info", "warn", "error"];
+
+/// An error that stops the start: the file cannot be read or parsed, or a
+/// value is invalid. Every message names the file, variable or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file's extension names no supported format.
+    #[error(
+        "config file {}: unsupported format, expected a .json, .yaml, .yml or .toml extension",
+        path.display()
+    )]
+    UnsupportedFormat {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The config file is not valid JSON, YAML or TOML, or is not a map at
+    /// the top level.
+    #[error("config file {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the parser's location where it gives one.
+        message: String,
+    },
+    /// An environment variable's value cannot be read as its key's type.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable's name.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value has the wrong type or form (a port that is not a number, a
+    /// malformed duration, ...).
+    #[error("{origin}: {key}: {message}")]
+    Value {
+        /// Where the value came from: `config file <path>`, `environment
+        /// variable <name>` or `configuration`.
+        origin: String,
+        /// The dotted key, e.g. `http_server.port` or `channel.namespaces[1].history_ttl`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is well-formed but not acceptable (failed validation).
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The dotted key at fault.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
 }
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct SubscriptionTokenConfig {
-    pub enabled: bool,
-    pub hmac_secret_key: String,
-    pub rsa_public_key: String,
-    pub ecdsa_public_key: String,
-    pub audience: String,
-    pub issuer: String,
-}
-impl SubscriptionTokenConfig {
-    pub fn token_config(&self) -> TokenConfig {
-        TokenConfig {
-            hmac_secret_key: self.hmac_secret_key.clone(),
-            rsa_public_key: self.rsa_public_key.clone(),
-            ecdsa_public_key: self.ecdsa_public_key.clone(),
-            audience: self.audience.clone(),
-            issuer: self.issuer.clone(),
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
         }
     }
 }
-#[derive(Debug, Clone, Serialize, Deserialize)]
+
+// ---------------------------------------------------------------------------
+// The configuration tree
+// ---------------------------------------------------------------------------
+
+/// Herald's whole configuration. `Config::default()` is what Herald runs with
+/// when given no file and no environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct ClientConfig {
-    pub token: TokenConfig,
-    pub subscription_token: SubscriptionTokenConfig,
-    pub allowed_origins: Vec<String>,
-    pub insecure: bool,
-    pub allow_anonymous_connect_without_token: bool,
-    #[serde(with = "humantime_serde_secs")]
-    pub ping_interval: Duration,
-    #[serde(with = "humantime_serde_secs")]
-    pub pong_timeout: Duration,
-    pub max_queue_size: usize,
-    pub channel_limit: usize,
-    pub history_max_publication_limit: usize,
-    pub recovery_max_publication_limit: usize,
+pub struct Config {
+    /// The HTTP listener shared by every transport and the server API.
+    pub http_server: HttpServerConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Broker and presence storage.
+    pub engine: EngineConfig,
+    /// Client connections: authentication, origins, ping/pong and limits.
+    pub client: ClientConfig,
+    /// Channel naming rules and per-namespace options.
+    pub channel: ChannelConfig,
+    /// The HTTP server API (`POST /api/<method>`).
+    pub http_api: HttpApiConfig,
+    /// The gRPC server API. Default: disabled.
+    pub grpc_api: EnabledFlag,
+    /// The bidirectional WebSocket transport (`/connection/websocket`), always on.
+    pub websocket: WebsocketConfig,
+    /// Bidirectional SSE emulation (`/connection/sse`). Default: disabled.
+    pub sse: EnabledFlag,
+    /// Bidirectional HTTP-streaming emulation (`/connection/http_stream`). Default: disabled.
+    pub http_stream: EnabledFlag,
+    /// Unidirectional WebSocket (`/connection/uni_websocket`). Default: disabled.
+    pub uni_websocket: EnabledFlag,
+    /// Unidirectional SSE (`/connection/uni_sse`). Default: disabled.
+    pub uni_sse: EnabledFlag,
+    /// Unidirectional HTTP streaming (`/connection/uni_http_stream`). Default: disabled.
+    pub uni_http_stream: EnabledFlag,
+    /// Unidirectional gRPC. Default: disabled.
+    pub uni_grpc: EnabledFlag,
+    /// `health.enabled`. Herald serves `/health` whatever this says; the flag
+    /// is kept for Centrifugo compatibility. Default: **enabled** (Centrifugo:
+    /// disabled). A `health` section without `enabled` keeps it enabled.
+    #[serde(deserialize_with = "flag_default_true")]
+    pub health: EnabledFlag,
+    /// `prometheus.enabled`: serve `/metrics`. Default: **enabled**
+    /// (Centrifugo: disabled). A `prometheus` section without `enabled` keeps
+    /// it enabled.
+    #[serde(deserialize_with = "flag_default_true")]
+    pub prometheus: EnabledFlag,
+    /// This node's identity in a cluster.
+    pub node: NodeConfig,
 }
-impl Default for ClientConfig {
+
+impl Default for Config {
     fn default() -> Self {
-        ClientConfig {
-            token: Default::default(),
-            subscription_token: Default::default(),
-            allowed_origins: vec![],
-            insecure: false,
-            allow_anonymous_connect_without_token: false,
-            ping_interval: Duration::from_secs(25),
-            pong_timeout: Duration::from_secs(8),
-            max_queue_size: 1 << 20,
-            channel_limit: 128,
-            history_max_publication_limit: 300,
-            recovery_max_publication_limit: 300,
+        Config {
+            http_server: HttpServerConfig::default(),
+            log: LogConfig::default(),
+            engine: EngineConfig::default(),
+            client: ClientConfig::default(),
+            channel: ChannelConfig::default(),
+            http_api: HttpApiConfig::default(),
+            grpc_api: EnabledFlag::default(),
+            websocket: WebsocketConfig::default(),
+            sse: EnabledFlag::default(),
+            http_stream: EnabledFlag::default(),
+            uni_websocket: EnabledFlag::default(),
+            uni_sse: EnabledFlag::default(),
+            uni_http_stream: EnabledFlag::default(),
+            uni_grpc: EnabledFlag::default(),
+            health: EnabledFlag { enabled: true },
+            prometheus: EnabledFlag { enabled: true },
+            node: NodeConfig::default(),
         }
     }
 }
-mod humantime_serde_secs {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
-    }
-}
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct WebsocketConfig {
-    pub message_size_limit: usize,
-    #[serde(with = "humantime_serde_secs")]
-    pub write_timeout: Duration,
-}
-impl Default for WebsocketConfig {
-    fn default() -> Self {
-        WebsocketConfig {
-            message_size_limit: 65536,
-            write_timeout: Duration::from_secs(1),
-        }
-    }
-}
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct HttpApiConfig {
-    pub key: String,
-    pub insecure: bool,
-}
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ChannelOptions {
-    pub presence: bool,
-    pub join_leave: bool,
-    pub force_push_join_leave: bool,
-    pub history_size: usize,
-    #[serde(with = "humantime_serde_secs")]
-    pub history_ttl: Duration,
-    #[serde(with = "humantime_serde_secs")]
-    pub history_meta_ttl: Duration,
-    pub force_recovery: bool,
-    pub force_positioning: bool,
-    pub allow_subscribe_for_client: bool,
-    pub allow_subscribe_for_anonymous: bool,
-    pub allow_publish_for_subscriber: bool,
-    pub allow_publish_for_client: bool,
-    pub allow_publish_for_anonymous: bool,
-    pub allow_history_for_subscriber: bool,
-    pub allow_history_for_client: bool,
-    pub allow_history_for_anonymous: bool,
-    pub allow_presence_for_subscriber: bool,
-    pub allow_presence_for_client: bool,
-    pub allow_presence_for_anonymous: bool,
-    pub allow_user_limited_channels: bool,
-}
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Namespace {
-    pub name: String,
-    #[serde(flatten)]
-    pub options: ChannelOptions,
-}
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ChannelConfig {
-    pub without_namespace: ChannelOptions,
-    pub namespaces: Vec<Namespace>,
-    pub private_prefix: String,
-    pub namespace_boundary: String,
-    pub user_boundary: String,
-    pub user_separator: String,
-    pub max_length: usize,
-}
-impl Default for ChannelConfig {
-    fn default() -> Self {
-        ChannelConfig {
-            without_namespace: Default::default(),
-            namespaces: vec![],
-            private_prefix: "$".into(),
-            namespace_boundary: ":".into(),
-            user_boundary: "#".into(),
-            user_separator: ",".into(),
-            max_length: 255,
-        }
-    }
-}
-#[derive(Debug, Clone, Serialize, Deserialize)]
+
+/// `http_server.*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HttpServerConfig {
+    /// Interface address to listen on. Default `"127.0.0.1"` (loopback; unlike
+    /// Centrifugo, whose default `""` means every interface). Set `"0.0.0.0"`
+    /// or `"::"` to accept remote clients.
     pub address: String,
+    /// TCP port. Default `8000`. Accepts an integer or a numeric string.
+    #[serde(deserialize_with = "port::deserialize")]
     pub port: u16,
 }
+
 impl Default for HttpServerConfig {
     fn default() -> Self {
         HttpServerConfig {
-            address: "127.0.0.1".into(),
+            address: "127.0.0.1".to_owned(),
             port: 8000,
         }
     }
 }
-#[derive(Debug, Clone, Serialize, Deserialize)]
+
+/// `log.*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct EnabledFlag {
-    pub enabled: bool,
+pub struct LogConfig {
+    /// One of [`LOG_LEVELS`]. Default `"info"`.
+    pub level: String,
 }
-impl Default for EnabledFlag {
+
+impl Default for LogConfig {
     fn default() -> Self {
-        EnabledFlag { enabled: true }
+        LogConfig {
+            level: "info".to_owned(),
+        }
     }
 }
-#[derive(Debug, Clone, Serialize, Deserialize)]
+
+/// `engine.*`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EngineConfig {
+    /// `engine.type`. Default `memory`.
+    #[serde(rename = "type")]
+    pub kind: EngineType,
+}
+
+/// The engine implementations `engine.type` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineType {
+    /// One process, no external service.
+    #[default]
+    Memory,
+    /// Redis-backed; accepted by the parser, rejected by validation until it exists.
+    Redis,
+}
+
+impl fmt::Display for EngineType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EngineType::Memory => "memory",
+            EngineType::Redis => "redis",
+        })
+    }
+}
+
+/// `client.*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientConfig {
+    /// Connection token verification (and subscription tokens too, unless
+    /// `client.subscription_token.enabled`).
+    pub token: TokenConfig,
+    /// Separate keys for subscription tokens.
+    pub subscription_token: SubscriptionTokenConfig,
+    /// Origin patterns allowed to connect from browsers: exact origins,
+    /// `"*"`, or globs such as `"https://*.example.com"`. See
+    /// [`ClientConfig::origin_allowed`]. Default: empty.
+    pub allowed_origins: Vec<String>,
+    /// Accept every connection without a token, as anonymous, and allow every
+    /// channel operation. For demos only. Default `false`.
+    pub insecure: bool,
+    /// Accept connections that bring no token, as anonymous (user `""`).
+    /// Channel access is still governed by channel options. Default `false`.
+    pub allow_anonymous_connect_without_token: bool,
+    /// How often the server pings a client; `0` disables pings. Default 25s.
+    #[serde(with = "duration")]
+    pub ping_interval: Duration,
+    /// How long to wait for the pong after a ping; `0` disables the check.
+    /// Must be less than `ping_interval`. Default 8s.
+    #[serde(with = "duration")]
+    pub pong_timeout: Duration,
+    /// `client.queue_max_size` (Centrifugo's spelling; `max_queue_size` is
+    /// accepted too): bytes a client's outbound queue may hold before the
+    /// client is disconnected as slow. Default 1048576 (1 MiB).
+    #[serde(rename = "queue_max_size", alias = "max_queue_size")]
+    pub max_queue_size: usize,
+    /// Subscriptions one client may hold; `0` means no limit. Default 128.
+    pub channel_limit: usize,
+    /// Most publications one history call may return; `0` means no limit. Default 300.
+    pub history_max_publication_limit: usize,
+    /// Most publications one recovery may return; `0` means no limit. Default 300.
+    pub recovery_max_publication_limit: usize,
+    /// Grace period after a connection's credentials expire before it is
+    /// closed, to let the client refresh. Default 25s.
+    #[serde(with = "duration")]
+    pub expired_close_delay: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            token: TokenConfig::default(),
+            subscription_token: SubscriptionTokenConfig::default(),
+            allowed_origins: Vec::new(),
+            insecure: false,
+            allow_anonymous_connect_without_token: false,
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(8),
+            max_queue_size: 1_048_576,
+            channel_limit: 128,
+            history_max_publication_limit: 300,
+            recovery_max_publication_limit: 300,
+            expired_close_delay: Duration::from_secs(25),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The keys subscription tokens are verified with: `client.subscription_token`
+    /// when it is enabled, `client.token` otherwise.
+    pub fn subscription_token_config(&self) -> &TokenConfig {
+        if self.subscription_token.enabled {
+            &self.subscription_token.token
+        } else {
+            &self.token
+        }
+    }
+
+    /// Whether `origin` (the value of an `Origin` header) matches one of
+    /// `allowed_origins`. Matching is ASCII case-insensitive; `*` in a pattern
+    /// matches any run of characters, so `"*"` allows every origin. The caller
+    /// decides what to do with requests without `Origin` and with an empty list.
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        self.allowed_origins
+            .iter()
+            .any(|pattern| glob_match(pattern.as_bytes(), origin.as_bytes()))
+    }
+}
+
+/// Token verification keys and claim checks (`client.token.*`, and the same
+/// fields in `client.subscription_token.*`). An empty string means "not set".
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TokenConfig {
+    /// Shared secret for HS256, HS384 and HS512 tokens.
+    pub hmac_secret_key: String,
+    /// PEM public key for RS256, RS384 and RS512 tokens.
+    pub rsa_public_key: String,
+    /// PEM public key (P-256 or P-384) for ES256 or ES384 tokens.
+    pub ecdsa_public_key: String,
+    /// When set, tokens must carry this value in `aud`.
+    pub audience: String,
+    /// When set, tokens must carry this value in `iss`.
+    pub issuer: String,
+}
+
+impl TokenConfig {
+    /// Whether any verification key is set.
+    pub fn is_configured(&self) -> bool {
+        !self.hmac_secret_key.is_empty()
+            || !self.rsa_public_key.is_empty()
+            || !self.ecdsa_public_key.is_empty()
+    }
+}
+
+impl fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("hmac_secret_key", &redacted(&self.hmac_secret_key))
+            .field("rsa_public_key", &self.rsa_public_key)
+            .field("ecdsa_public_key", &self.ecdsa_public_key)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .finish()
+    }
+}
+
+/// `client.subscription_token.*`: `enabled` plus the [`TokenConfig`] fields,
+/// side by side as in Centrifugo.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(from = "SubscriptionTokenRepr")]
+pub struct SubscriptionTokenConfig {
+    /// Verify subscription tokens with these keys instead of `client.token`'s.
+    /// Default `false`.
+    pub enabled: bool,
+    /// The keys, used when `enabled`.
+    #[serde(flatten)]
+    pub token: TokenConfig,
+}
+
+// Deserialized through a flat struct rather than `#[serde(flatten)]`, so that
+// unknown keys inside the section are still reported with their path.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SubscriptionTokenRepr {
+    enabled: bool,
+    hmac_secret_key: String,
+    rsa_public_key: String,
+    ecdsa_public_key: String,
+    audience: String,
+    issuer: String,
+}
+
+impl SubscriptionTokenConfig {
+    /// A copy of the keys (whether or not `enabled`).
+    pub fn token_config(&self) -> TokenConfig {
+        self.token.clone()
+    }
+}
+
+impl From<SubscriptionTokenRepr> for SubscriptionTokenConfig {
+    fn from(r: SubscriptionTokenRepr) -> Self {
+        SubscriptionTokenConfig {
+            enabled: r.enabled,
+            token: TokenConfig {
+                hmac_secret_key: r.hmac_secret_key,
+                rsa_public_key: r.rsa_public_key,
+                ecdsa_public_key: r.ecdsa_public_key,
+                audience: r.audience,
+                issuer: r.issuer,
+            },
+        }
+    }
+}
+
+/// `websocket.*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebsocketConfig {
+    /// Largest inbound message, in bytes. Default 65536.
+    pub message_size_limit: usize,
+    /// Time allowed for one write to a client socket. Default 1s.
+    #[serde(with = "duration")]
+    pub write_timeout: Duration,
+    /// Read buffer size in bytes; `0` uses the implementation's default.
+    pub read_buffer_size: usize,
+    /// Write buffer size in bytes; `0` uses the implementation's default.
+    pub write_buffer_size: usize,
+}
+
+impl Default for WebsocketConfig {
+    fn default() -> Self {
+        WebsocketConfig {
+            message_size_limit: 65_536,
+            write_timeout: Duration::from_secs(1),
+            read_buffer_size: 0,
+            write_buffer_size: 0,
+        }
+    }
+}
+
+/// `http_api.*`.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpApiConfig {
+    /// The API key requests must present (`X-API-Key: <key>` or
+    /// `Authorization: apikey <key>`). Default empty.
+    pub key: String,
+    /// Accept API requests without a key. Default `false`.
+    pub insecure: bool,
+}
+
+impl fmt::Debug for HttpApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpApiConfig")
+            .field("key", &redacted(&self.key))
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+/// A section whose only key Herald reads is `enabled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EnabledFlag {
+    /// Whether the feature is on. Default `false` unless the field's doc says otherwise.
+    pub enabled: bool,
+}
+
+/// `node.*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NodeConfig {
+    /// Human-readable node name. Default: the machine's host name, or `"herald"`.
     pub name: String,
 }
+
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
-            name: "herald".into(),
+            name: default_node_name().to_owned(),
         }
     }
 }
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+
+fn default_node_name() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        ["/proc/sys/kernel/hostname", "/etc/hostname"]
+            .iter()
+            .find_map(|p| {
+                let name = std::fs::read_to_string(p).ok()?;
+                let name = name.trim();
+                (!name.is_empty()).then(|| name.to_owned())
+            })
+            .unwrap_or_else(|| "herald".to_owned())
+    })
+}
+
+/// `channel.*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Config {
-    pub http_server: HttpServerConfig,
-    pub client: ClientConfig,
-    pub websocket: WebsocketConfig,
-    pub http_api: HttpApiConfig,
-    pub channel: ChannelConfig,
-    pub health: EnabledFlag,
-    pub prometheus: EnabledFlag,
-    pub node: NodeConfig,
+pub struct ChannelConfig {
+    /// Options of channels without a namespace (no `namespace_boundary` in the name).
+    pub without_namespace: ChannelOptions,
+    /// Named namespaces: `chat:room1` takes the options of namespace `chat`.
+    pub namespaces: Vec<Namespace>,
+    /// How long history stream metadata (offset, epoch) is kept for channels
+    /// whose options leave `history_meta_ttl` at 0. Default 720h (30 days).
+    #[serde(with = "duration")]
+    pub history_meta_ttl: Duration,
+    /// Channels starting with this prefix need a subscription token. Default `"$"`.
+    pub private_prefix: String,
+    /// Separates the namespace from the rest of a channel name. Default `":"`.
+    pub namespace_boundary: String,
+    /// Starts the list of users allowed in a user-limited channel. Default `"#"`.
+    pub user_boundary: String,
+    /// Separates users in that list. Default `","`.
+    pub user_separator: String,
+    /// Longest channel name, in bytes. Default 255.
+    pub max_length: usize,
 }
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(String);
-impl Config {
-    pub fn load(path: Option<&std::path::Path>) -> Result<(Config, Vec<String>), ConfigError> {
-        let Some(p) = path else {
-            return Ok((Config::default(), vec![]));
-        };
-        let text = std::fs::read_to_string(p).map_err(|e| ConfigError(e.to_string()))?;
-        let c: Config = serde_json::from_str(&text).map_err(|e| ConfigError(e.to_string()))?;
-        Ok((c, vec![]))
-    }
-    pub fn channel_options(&self, channel: &str) -> Option<&ChannelOptions> {
-        match channel.split_once(&self.channel.namespace_boundary) {
-            Some((ns, _)) => self
-                .channel
-                .namespaces
-                .iter()
-                .find(|n| n.name == ns)
-                .map(|n| &n.options),
-            None => Some(&self.channel.without_namespace),
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            without_namespace: ChannelOptions::default(),
+            namespaces: Vec::new(),
+            history_meta_ttl: Duration::from_secs(720 * 3600),
+            private_prefix: "$".to_owned(),
+            namespace_boundary: ":".to_owned(),
+            user_boundary: "#".to_owned(),
+            user_separator: ",".to_owned(),
+            max_length: 255,
         }
+    }
+}
+
+impl ChannelConfig {
+    /// The namespace part of `channel` (after removing `private_prefix`), or
+    /// `""` when the channel has no namespace.
+    pub fn namespace_name<'a>(&self, channel: &'a str) -> &'a str {
+        let trimmed = if self.private_prefix.is_empty() {
+            channel
+        } else {
+            channel
+                .strip_prefix(self.private_prefix.as_str())
+                .unwrap_or(channel)
+        };
+        if self.namespace_boundary.is_empty() {
+            return "";
+        }
+        trimmed
+            .split_once(self.namespace_boundary.as_str())
+            .map_or("", |(ns, _)| ns)
+    }
+
+    /// Whether subscribing to `channel` needs a subscription token.
+    pub fn is_private(&self, channel: &str) -> bool {
+        !self.private_prefix.is_empty() && channel.starts_with(self.private_prefix.as_str())
+    }
+
+    /// Whether `channel` names the users allowed in it (`dialog#42,43`).
+    pub fn is_user_limited(&self, channel: &str) -> bool {
+        !self.user_boundary.is_empty() && channel.contains(self.user_boundary.as_str())
+    }
+
+    /// Whether `user` is among the users a user-limited channel names; `true`
+    /// for channels that are not user-limited.
+    pub fn user_allowed(&self, channel: &str, user: &str) -> bool {
+        if !self.is_user_limited(channel) {
+            return true;
+        }
+        let list = channel
+            .rsplit(self.user_boundary.as_str())
+            .next()
+            .unwrap_or_default();
+        if self.user_separator.is_empty() {
+            return list == user;
+        }
+        list.split(self.user_separator.as_str()).any(|u| u == user)
+    }
+
+    /// The history metadata TTL in force for channels with `options`.
+    pub fn effective_history_meta_ttl(&self, options: &ChannelOptions) -> Duration {
+        if options.history_meta_ttl.is_zero() {
+            self.history_meta_ttl
+        } else {
+            options.history_meta_ttl
+        }
+    }
+}
+
+/// One entry of `channel.namespaces`: a `name` and, beside it in the same
+/// map, the [`ChannelOptions`] keys.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(from = "NamespaceRepr")]
+pub struct Namespace {
+    /// Unique name matching `^[-a-zA-Z0-9_.]{2,}$`.
+    pub name: String,
+    /// The options of the namespace's channels.
+    #[serde(flatten)]
+    pub options: ChannelOptions,
+}
+
+/// Defines [`ChannelOptions`] and the flat struct a [`Namespace`] is read
+/// through, from one field list. (`#[serde(flatten)]` would hide unknown
+/// namespace keys from the unknown-key warnings.)
+macro_rules! channel_options {
+    ($( $(#[$attr:meta])* $field:ident : $ty:ty, )*) => {
+        /// Per-channel behaviour, for `channel.without_namespace` and each
+        /// namespace. Every option defaults to off (`false`, 0, empty).
+        #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+        #[serde(default)]
+        pub struct ChannelOptions {
+            $( $(#[$attr])* pub $field: $ty, )*
+        }
+
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct NamespaceRepr {
+            name: String,
+            $( $(#[$attr])* $field: $ty, )*
+        }
+
+        impl From<NamespaceRepr> for Namespace {
+            fn from(r: NamespaceRepr) -> Self {
+                Namespace {
+                    name: r.name,
+                    options: ChannelOptions { $( $field: r.$field, )* },
+                }
+            }
+        }
+    };
+}
+
+channel_options! {
+    /// Keep presence information (who is subscribed).
+    presence: bool,
+    /// Send join and leave events to subscribers that ask for them.
+    join_leave: bool,
+    /// Send join and leave events to every subscriber.
+    force_push_join_leave: bool,
+    /// Publications kept in history; 0 disables history. Needs `history_ttl`.
+    history_size: usize,
+    /// How long history is kept after the last publication; whole seconds.
+    #[serde(with = "duration")]
+    history_ttl: Duration,
+    /// How long stream metadata is kept; 0 uses `channel.history_meta_ttl`.
+    #[serde(with = "duration")]
+    history_meta_ttl: Duration,
+    /// Turn on positioning for every subscriber.
+    force_positioning: bool,
+    /// Allow subscribers to ask for positioning.
+    allow_positioning: bool,
+    /// Turn on recovery for every subscriber. Needs history.
+    force_recovery: bool,
+    /// Allow subscribers to ask for recovery.
+    allow_recovery: bool,
+    /// Authenticated clients may subscribe without a subscription token.
+    allow_subscribe_for_client: bool,
+    /// Anonymous clients may subscribe without a subscription token.
+    allow_subscribe_for_anonymous: bool,
+    /// Subscribers may publish.
+    allow_publish_for_subscriber: bool,
+    /// Authenticated clients may publish.
+    allow_publish_for_client: bool,
+    /// Anonymous clients may publish.
+    allow_publish_for_anonymous: bool,
+    /// Subscribers may read history.
+    allow_history_for_subscriber: bool,
+    /// Authenticated clients may read history.
+    allow_history_for_client: bool,
+    /// Anonymous clients may read history.
+    allow_history_for_anonymous: bool,
+    /// Subscribers may read presence.
+    allow_presence_for_subscriber: bool,
+    /// Authenticated clients may read presence.
+    allow_presence_for_client: bool,
+    /// Anonymous clients may read presence.
+    allow_presence_for_anonymous: bool,
+    /// Honour user-limited channel names (`dialog#42,43`).
+    allow_user_limited_channels: bool,
+    /// When set, channel names (without the namespace) must match this
+    /// regular expression. Not validated here; the user of it compiles it.
+    channel_regex: String,
+}
+
+impl ChannelOptions {
+    /// Whether the channel keeps history (both `history_size` and `history_ttl` set).
+    pub fn history_enabled(&self) -> bool {
+        self.history_size > 0 && !self.history_ttl.is_zero()
+    }
+
+    /// Whether a subscriber may recover missed publications (forced or allowed,
+    /// and history kept).
+    pub fn recovery_possible(&self) -> bool {
+        (self.force_recovery || self.allow_recovery) && self.history_enabled()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------
+
+impl Config {
+    /// Loads the file at `path` (format by extension: `.json`, `.yaml`/`.yml`,
+    /// `.toml`; an error for others), applies `HERALD_*` variables from the
+    /// process environment, deserializes and validates. Returns the config
+    /// and the warnings (unknown keys, unknown `HERALD_` variables), one
+    /// sentence each.
+    pub fn load(path: Option<&Path>) -> Result<(Config, Vec<String>), ConfigError> {
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        Self::load_with_env(path, env)
+    }
+
+    /// Like [`Config::load`], with the environment given explicitly; the
+    /// process environment is not read.
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let mut warnings = Vec::new();
+        let mut root = match path {
+            Some(path) => read_file(path)?,
+            None => Value::Object(Map::new()),
+        };
+
+        let tree = serde_json::to_value(Config::default()).map_err(|e| ConfigError::Value {
+            origin: "configuration".to_owned(),
+            key: "(root)".to_owned(),
+            message: e.to_string(),
+        })?;
+        let env_paths = apply_env(&mut root, &tree, env, &mut warnings)?;
+
+        let mut unknown = Vec::new();
+        let parsed: Result<Config, _> = serde_ignored::deserialize(&root, |p| {
+            let mut segs = Vec::new();
+            path_segments(&p, &mut segs);
+            unknown.push(segs);
+        });
+        let config = match parsed {
+            Ok(config) => config,
+            Err(err) => {
+                let (segs, message) = locate_error(&root).unwrap_or((Vec::new(), err.to_string()));
+                let key = if segs.is_empty() {
+                    "(root)".to_owned()
+                } else {
+                    format_path(&segs)
+                };
+                let origin = env_paths
+                    .iter()
+                    .rev()
+                    .find(|(prefix, _)| segs.starts_with(prefix))
+                    .map(|(_, var)| format!("environment variable {var}"))
+                    .or_else(|| path.map(|p| format!("config file {}", p.display())))
+                    .unwrap_or_else(|| "configuration".to_owned());
+                return Err(ConfigError::Value {
+                    origin,
+                    key,
+                    message,
+                });
+            }
+        };
+
+        for segs in unknown {
+            let mut leaves = Vec::new();
+            match lookup(&root, &segs) {
+                Some(value) => leaf_paths(&mut segs.clone(), value, &mut leaves),
+                None => leaves.push(segs),
+            }
+            for leaf in leaves {
+                warnings.push(format!("unknown configuration key {}", format_path(&leaf)));
+            }
+        }
+
+        config.validate()?;
+        Ok((config, warnings))
+    }
+
+    /// Checks the values that deserialization cannot: cross-field rules,
+    /// ranges, names. The error names the key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !LOG_LEVELS.contains(&self.log.level.as_str()) {
+            return Err(ConfigError::invalid(
+                "log.level",
+                format!(
+                    "unknown level {:?}, expected one of {}",
+                    self.log.level,
+                    LOG_LEVELS.join(", ")
+                ),
+            ));
+        }
+        if self.engine.kind != EngineType::Memory {
+            return Err(ConfigError::invalid(
+                "engine.type",
+                format!(
+                    "engine {:?} is not available in this version of Herald; only \"memory\" is",
+                    self.engine.kind.to_string()
+                ),
+            ));
+        }
+
+        let client = &self.client;
+        if !client.ping_interval.is_zero() && client.ping_interval <= client.pong_timeout {
+            return Err(ConfigError::invalid(
+                "client.ping_interval",
+                "must be greater than client.pong_timeout",
+            ));
+        }
+        if client.max_queue_size == 0 {
+            return Err(ConfigError::invalid(
+                "client.queue_max_size",
+                "must be greater than 0",
+            ));
+        }
+        for (i, origin) in client.allowed_origins.iter().enumerate() {
+            if origin.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("client.allowed_origins[{i}]"),
+                    "must not be empty",
+                ));
+            }
+        }
+
+        if self.websocket.message_size_limit == 0 {
+            return Err(ConfigError::invalid(
+                "websocket.message_size_limit",
+                "must be greater than 0",
+            ));
+        }
+
+        let channel = &self.channel;
+        if channel.namespace_boundary.is_empty() {
+            return Err(ConfigError::invalid(
+                "channel.namespace_boundary",
+                "must not be empty",
+            ));
+        }
+        if channel.max_length == 0 {
+            return Err(ConfigError::invalid(
+                "channel.max_length",
+                "must be greater than 0",
+            ));
+        }
+        check_whole_seconds("channel.history_meta_ttl", channel.history_meta_ttl)?;
+        validate_channel_options(
+            "channel.without_namespace",
+            &channel.without_namespace,
+            channel,
+        )?;
+        let mut seen = HashSet::new();
+        for (i, ns) in channel.namespaces.iter().enumerate() {
+            let key = format!("channel.namespaces[{i}]");
+            if !valid_namespace_name(&ns.name) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    format!(
+                        "invalid namespace name {:?}, must match ^[-a-zA-Z0-9_.]{{2,}}$",
+                        ns.name
+                    ),
+                ));
+            }
+            if !seen.insert(ns.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    format!("duplicate namespace {:?}", ns.name),
+                ));
+            }
+            validate_channel_options(&key, &ns.options, channel)?;
+        }
+
+        if self.node.name.trim().is_empty() {
+            return Err(ConfigError::invalid("node.name", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// The options for `channel`: its namespace's (the part before
+    /// `channel.namespace_boundary`, after removing `channel.private_prefix`),
+    /// or `channel.without_namespace` when it has none. `None` when the
+    /// namespace does not exist.
+    pub fn channel_options(&self, channel: &str) -> Option<&ChannelOptions> {
+        let ns = self.channel.namespace_name(channel);
+        if ns.is_empty() {
+            return Some(&self.channel.without_namespace);
+        }
+        self.channel
+            .namespaces
+            .iter()
+            .find(|n| n.name == ns)
+            .map(|n| &n.options)
+    }
+}
+
+fn validate_channel_options(
+    prefix: &str,
+    o: &ChannelOptions,
+    channel: &ChannelConfig,
+) -> Result<(), ConfigError> {
+    check_whole_seconds(&format!("{prefix}.history_ttl"), o.history_ttl)?;
+    check_whole_seconds(&format!("{prefix}.history_meta_ttl"), o.history_meta_ttl)?;
+    if o.history_size > 0 && o.history_ttl.is_zero() {
+        return Err(ConfigError::invalid(
+            format!("{prefix}.history_ttl"),
+            "must be set when history_size is set",
+        ));
+    }
+    if o.history_size == 0 && !o.history_ttl.is_zero() {
+        return Err(ConfigError::invalid(
+            format!("{prefix}.history_size"),
+            "must be set when history_ttl is set",
+        ));
+    }
+    let meta_ttl = channel.effective_history_meta_ttl(o);
+    if o.history_ttl > meta_ttl {
+        return Err(ConfigError::invalid(
+            format!("{prefix}.history_ttl"),
+            format!(
+                "must not exceed the history meta TTL ({})",
+                duration::format(meta_ttl)
+            ),
+        ));
+    }
+    if o.force_recovery && !o.history_enabled() {
+        return Err(ConfigError::invalid(
+            format!("{prefix}.force_recovery"),
+            "requires history (history_size and history_ttl)",
+        ));
+    }
+    Ok(())
+}
+
+fn check_whole_seconds(key: &str, d: Duration) -> Result<(), ConfigError> {
+    if d.subsec_nanos() != 0 {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "{} has sub-second precision, which this key does not support",
+                duration::format(d)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `^[-a-zA-Z0-9_.]{2,}$`
+fn valid_namespace_name(name: &str) -> bool {
+    name.len() >= 2
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// ASCII case-insensitive glob match where `*` matches any run of bytes.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            backtrack = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p].eq_ignore_ascii_case(&text[t]) {
+            p += 1;
+            t += 1;
+        } else if let Some((bp, bt)) = backtrack {
+            p = bp + 1;
+            t = bt + 1;
+            backtrack = Some((bp, bt + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&b| b == b'*')
+}
+
+fn redacted(s: &str) -> &'static str {
+    if s.is_empty() { "" } else { "<redacted>" }
+}
+
+fn flag_default_true<'de, D: Deserializer<'de>>(d: D) -> Result<EnabledFlag, D::Error> {
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Flag {
+        enabled: Option<bool>,
+    }
+    let flag = Flag::deserialize(d)?;
+    Ok(EnabledFlag {
+        enabled: flag.enabled.unwrap_or(true),
+    })
+}
+
+fn read_file(path: &Path) -> Result<Value, ConfigError> {
+    enum Format {
+        Json,
+        Yaml,
+        Toml,
+    }
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let format = match ext.as_deref() {
+        Some("json") => Format::Json,
+        Some("yaml" | "yml") => Format::Yaml,
+        Some("toml") => Format::Toml,
+        _ => {
+            return Err(ConfigError::UnsupportedFormat {
+                path: path.to_owned(),
+            });
+        }
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let parse_err = |message: String| ConfigError::Parse {
+        path: path.to_owned(),
+        message,
+    };
+    let value: Value = match format {
+        Format::Json => serde_json::from_str(&text).map_err(|e| parse_err(e.to_string()))?,
+        Format::Yaml => serde_yaml_ng::from_str(&text).map_err(|e| parse_err(e.to_string()))?,
+        Format::Toml => toml::from_str(&text).map_err(|e| parse_err(e.to_string()))?,
+    };
+    match value {
+        Value::Object(_) => Ok(value),
+        // An empty YAML document.
+        Value::Null => Ok(Value::Object(Map::new())),
+        _ => Err(parse_err(
+            "the top level must be a map of configuration keys".to_owned(),
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Paths in the value tree
+// ---------------------------------------------------------------------------
+
+/// One step of a key path: a map key or a list index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn format_path(segs: &[Seg]) -> String {
+    let mut out = String::new();
+    for seg in segs {
+        match seg {
+            Seg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Index(i) => {
+                out.push('[');
+                out.push_str(&i.to_string());
+                out.push(']');
+            }
+        }
+    }
+    out
+}
+
+fn path_segments(path: &serde_ignored::Path<'_>, out: &mut Vec<Seg>) {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => {}
+        P::Seq { parent, index } => {
+            path_segments(parent, out);
+            out.push(Seg::Index(*index));
+        }
+        P::Map { parent, key } => {
+            path_segments(parent, out);
+            out.push(Seg::Key(key.clone()));
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            path_segments(parent, out);
+        }
+    }
+}
+
+fn lookup<'a>(root: &'a Value, segs: &[Seg]) -> Option<&'a Value> {
+    segs.iter().try_fold(root, |v, seg| match seg {
+        Seg::Key(k) => v.as_object()?.get(k),
+        Seg::Index(i) => v.as_array()?.get(*i),
+    })
+}
+
+/// The paths of the leaves under `value` (non-empty maps are descended).
+fn leaf_paths(prefix: &mut Vec<Seg>, value: &Value, out: &mut Vec<Vec<Seg>>) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, child) in map {
+                prefix.push(Seg::Key(k.clone()));
+                leaf_paths(prefix, child, out);
+                prefix.pop();
+            }
+        }
+        _ => out.push(prefix.clone()),
+    }
+}
+
+/// A tree holding only `leaf` at `segs`; list indexes become one-element lists.
+fn isolate(segs: &[Seg], leaf: Value) -> Value {
+    segs.iter().rev().fold(leaf, |acc, seg| match seg {
+        Seg::Key(k) => {
+            let mut map = Map::new();
+            map.insert(k.clone(), acc);
+            Value::Object(map)
+        }
+        Seg::Index(_) => Value::Array(vec![acc]),
+    })
+}
+
+/// Finds the deepest key whose value alone fails to deserialize, with the
+/// error message. Used only when deserializing the whole tree failed: serde's
+/// errors from a `Value` carry no path, and every struct here defaults its
+/// missing fields, so a tree holding a single key tells whether that key is
+/// at fault.
+fn locate_error(root: &Value) -> Option<(Vec<Seg>, String)> {
+    fn descend(path: &mut Vec<Seg>, value: &Value) -> Option<(Vec<Seg>, String)> {
+        let err = serde_json::from_value::<Config>(isolate(path, value.clone())).err()?;
+        let children: Vec<(Seg, &Value)> = match value {
+            Value::Object(map) => map.iter().map(|(k, v)| (Seg::Key(k.clone()), v)).collect(),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (Seg::Index(i), v))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (seg, child) in children {
+            path.push(seg);
+            if let Some(found) = descend(path, child) {
+                return Some(found);
+            }
+            path.pop();
+        }
+        Some((path.clone(), err.to_string()))
+    }
+    descend(&mut Vec::new(), root)
+}
+
+// ---------------------------------------------------------------------------
+// Environment overrides
+// ---------------------------------------------------------------------------
+
+/// Applies `HERALD_*` variables to `root`, resolving names against `tree` (the
+/// serialized defaults). Returns, for each applied variable, the path it set.
+fn apply_env(
+    root: &mut Value,
+    tree: &Value,
+    env: impl IntoIterator<Item = (String, String)>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<(Vec<Seg>, String)>, ConfigError> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    // Sorted, so that a variable naming a section comes before the variables
+    // naming keys inside it, and warnings come in a stable order.
+    vars.sort();
+    let mut applied = Vec::new();
+    for (name, raw) in vars {
+        if NON_CONFIG_ENV_VARS.contains(&name.as_str()) || raw.is_empty() {
+            continue;
+        }
+        let tokens: Vec<String> = name[ENV_PREFIX.len()..]
+            .to_ascii_lowercase()
+            .split('_')
+            .map(str::to_owned)
+            .collect();
+        let Some(keys) = resolve_env_name(tree, &tokens) else {
+            warnings.push(format!(
+                "unknown environment variable {name}: it matches no configuration key"
+            ));
+            continue;
+        };
+        let segs: Vec<Seg> = keys.into_iter().map(Seg::Key).collect();
+        let value = env_value(&name, lookup(tree, &segs), &raw)?;
+        set_path(root, &segs, value);
+        applied.push((segs, name));
+    }
+    Ok(applied)
+}
+
+/// Splits `tokens` (the variable name's `_`-separated words) into keys of
+/// `node`, longest key first, backtracking when the rest does not resolve.
+fn resolve_env_name(node: &Value, tokens: &[String]) -> Option<Vec<String>> {
+    let map = node.as_object()?;
+    for take in (1..=tokens.len()).rev() {
+        let key = tokens[..take].join("_");
+        let Some(child) = map.get(&key) else {
+            continue;
+        };
+        if take == tokens.len() {
+            return Some(vec![key]);
+        }
+        if let Some(mut rest) = resolve_env_name(child, &tokens[take..]) {
+            rest.insert(0, key);
+            return Some(rest);
+        }
+    }
+    None
+}
+
+/// Reads an environment value according to the type of the key's default.
+fn env_value(var: &str, default: Option<&Value>, raw: &str) -> Result<Value, ConfigError> {
+    let bad_json = |e: serde_json::Error| ConfigError::Env {
+        var: var.to_owned(),
+        message: format!("invalid JSON: {e}"),
+    };
+    Ok(match default {
+        Some(Value::Bool(_)) => parse_go_bool(raw).map_or_else(|| Value::from(raw), Value::Bool),
+        Some(Value::Number(_)) => {
+            let t = raw.trim();
+            if let Ok(n) = t.parse::<u64>() {
+                Value::from(n)
+            } else if let Ok(n) = t.parse::<i64>() {
+                Value::from(n)
+            } else if let Some(n) = t.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+                Value::Number(n)
+            } else {
+                Value::from(raw)
+            }
+        }
+        Some(Value::String(_)) => Value::from(raw),
+        Some(Value::Array(_)) => {
+            if raw.trim_start().starts_with('[') {
+                serde_json::from_str(raw).map_err(bad_json)?
+            } else {
+                Value::Array(raw.split_whitespace().map(Value::from).collect())
+            }
+        }
+        Some(Value::Object(_)) => {
+            let value: Value = serde_json::from_str(raw).map_err(bad_json)?;
+            if !value.is_object() {
+                return Err(ConfigError::Env {
+                    var: var.to_owned(),
+                    message: "expected a JSON object".to_owned(),
+                });
+            }
+            value
+        }
+        _ => serde_json::from_str(raw).unwrap_or_else(|_| Value::from(raw)),
+    })
+}
+
+/// Go's `strconv.ParseBool` spellings (as Centrifugo reads its environment).
+fn parse_go_bool(raw: &str) -> Option<bool> {
+    match raw.trim() {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+fn set_path(root: &mut Value, segs: &[Seg], value: Value) {
+    let mut node = root;
+    for seg in segs {
+        let Seg::Key(key) = seg else {
+            continue;
+        };
+        if !node.is_object() {
+            *node = Value::Object(Map::new());
+        }
+        let Value::Object(map) = node else {
+            return;
+        };
+        node = map.entry(key.clone()).or_insert(Value::Null);
+    }
+    *node = value;
+}
+
+// ---------------------------------------------------------------------------
+// Serde helpers
+// ---------------------------------------------------------------------------
+
+/// Serde helper for [`Duration`] fields (`#[serde(with = "duration")]`), and
+/// the parser and formatter behind it.
+///
+/// Accepted forms: a Go duration string as Centrifugo takes (`"25s"`,
+/// `"300ms"`, `"1h30m"`, `"1.5s"`; units `ns`, `us`/`µs`, `ms`, `s`, `m`,
+/// `h`), a humantime string (`"2 days"`), an integer number of seconds (`30`
+/// or `"30"`), or a non-negative float number of seconds. Negative durations
+/// are rejected. Serialized as the shortest Go-style string (`"1m30s"`).
+pub mod duration {
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    const NANOS_PER_SEC: u128 = 1_000_000_000;
+
+    /// Parses a duration string; the error says what is wrong.
+    pub fn parse(input: &str) -> Result<Duration, String> {
+        let s = input.trim();
+        if s.is_empty() {
+            return Err("empty duration".to_owned());
+        }
+        if s.starts_with('-') {
+            return Err(format!("invalid duration {input:?}: must not be negative"));
+        }
+        let s = s.strip_prefix('+').unwrap_or(s);
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            return s
+                .parse::<u64>()
+                .map(Duration::from_secs)
+                .map_err(|_| format!("invalid duration {input:?}: too large"));
+        }
+        match parse_go(s) {
+            Ok(d) => Ok(d),
+            Err(reason) => humantime::parse_duration(s)
+                .map_err(|_| format!("invalid duration {input:?}: {reason}")),
+        }
+    }
+
+    fn parse_go(s: &str) -> Result<Duration, String> {
+        let mut rest = s;
+        let mut total: u128 = 0;
+        while !rest.is_empty() {
+            let num_len = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(rest.len());
+            let (num, after) = rest.split_at(num_len);
+            let unit_len = after
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(after.len());
+            let (unit, after) = after.split_at(unit_len);
+            rest = after;
+
+            let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
+            if (int_part.is_empty() && frac_part.is_empty()) || frac_part.contains('.') {
+                return Err("expected a number before each unit".to_owned());
+            }
+            let unit_nanos: u128 = match unit {
+                "ns" => 1,
+                "us" | "µs" | "μs" => 1_000,
+                "ms" => 1_000_000,
+                "s" => NANOS_PER_SEC,
+                "m" => 60 * NANOS_PER_SEC,
+                "h" => 3600 * NANOS_PER_SEC,
+                "" => return Err("missing unit (use ns, us, ms, s, m or h)".to_owned()),
+                other => {
+                    return Err(format!(
+                        "unknown unit {other:?} (use ns, us, ms, s, m or h)"
+                    ));
+                }
+            };
+            let too_large = || "too large".to_owned();
+            let int: u128 = if int_part.is_empty() {
+                0
+            } else {
+                int_part.parse().map_err(|_| too_large())?
+            };
+            total = int
+                .checked_mul(unit_nanos)
+                .and_then(|v| total.checked_add(v))
+                .ok_or_else(too_large)?;
+            // At most 18 fractional digits matter below a nanosecond-per-hour scale.
+            let frac = &frac_part[..frac_part.len().min(18)];
+            if !frac.is_empty() {
+                let digits: u128 = frac.parse().map_err(|_| too_large())?;
+                let scale = 10u128.pow(frac.len() as u32);
+                total = total
+                    .checked_add(digits * unit_nanos / scale)
+                    .ok_or_else(too_large)?;
+            }
+        }
+        let secs = u64::try_from(total / NANOS_PER_SEC).map_err(|_| "too large".to_owned())?;
+        Ok(Duration::new(secs, (total % NANOS_PER_SEC) as u32))
+    }
+
+    /// Formats `d` as the shortest Go-style string that [`parse`] reads back:
+    /// `"0s"`, `"300ms"`, `"25s"`, `"1.5s"`, `"1h30m"`, `"720h"`.
+    pub fn format(d: Duration) -> String {
+        if d.is_zero() {
+            return "0s".to_owned();
+        }
+        let secs = d.as_secs();
+        let nanos = d.subsec_nanos();
+        if secs == 0 {
+            return if nanos.is_multiple_of(1_000_000) {
+                format!("{}ms", nanos / 1_000_000)
+            } else if nanos.is_multiple_of(1_000) {
+                format!("{}us", nanos / 1_000)
+            } else {
+                format!("{nanos}ns")
+            };
+        }
+        let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+        let mut out = String::new();
+        if h > 0 {
+            out.push_str(&format!("{h}h"));
+        }
+        if m > 0 {
+            out.push_str(&format!("{m}m"));
+        }
+        if s > 0 || nanos > 0 {
+            out.push_str(&s.to_string());
+            if nanos > 0 {
+                let frac = format!("{nanos:09}");
+                out.push('.');
+                out.push_str(frac.trim_end_matches('0'));
+            }
+            out.push('s');
+        }
+        out
+    }
+
+    /// Serializes with [`format()`].
+    pub fn serialize<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format(*d))
+    }
+
+    /// Deserializes any accepted form (see the module doc).
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        deserializer.deserialize_any(DurationVisitor)
+    }
+
+    struct DurationVisitor;
+
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(
+                "a duration such as \"25s\", \"300ms\" or \"1h30m\", or a number of seconds",
+            )
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom(format!("invalid duration {v}: must not be negative")))
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
+            Duration::try_from_secs_f64(v).map_err(|_| {
+                E::custom(format!(
+                    "invalid duration {v}: must be a non-negative number of seconds"
+                ))
+            })
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+            parse(v).map_err(E::custom)
+        }
+    }
+}
+
+/// Reads a TCP port from an integer or a numeric string (Centrifugo before v6
+/// wrote ports as strings).
+mod port {
+    use std::fmt;
+
+    use serde::Deserializer;
+    use serde::de::{self, Visitor};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+        deserializer.deserialize_any(PortVisitor)
+    }
+
+    struct PortVisitor;
+
+    fn out_of_range<E: de::Error>(v: impl fmt::Display) -> E {
+        E::custom(format!(
+            "invalid port {v}: expected an integer between 0 and 65535"
+        ))
+    }
+
+    impl Visitor<'_> for PortVisitor {
+        type Value = u16;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a port number")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u16, E> {
+            u16::try_from(v).map_err(|_| out_of_range(v))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u16, E> {
+            u16::try_from(v).map_err(|_| out_of_range(v))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u16, E> {
+            v.trim()
+                .parse::<u16>()
+                .map_err(|_| out_of_range(format_args!("{v:?}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn write_temp(ext: &str, content: &str) -> PathBuf {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "herald-config-test-{}-{n}.{ext}",
+            std::process::id()
+        ));
+        std::fs::write(&path, content).expect("write temp config");
+        path
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn load_str(ext: &str, content: &str) -> Result<(Config, Vec<String>), ConfigError> {
+        let path = write_temp(ext, content);
+        let result = Config::load_with_env(Some(&path), Vec::new());
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    fn load_env(pairs: &[(&str, &str)]) -> Result<(Config, Vec<String>), ConfigError> {
+        Config::load_with_env(None, env(pairs))
+    }
+
+    fn validation_error(cfg: &Config) -> String {
+        cfg.validate()
+            .expect_err("config should be invalid")
+            .to_string()
+    }
+
+    const JSON: &str = r#"{
+        "http_server": {"port": 9000},
+        "client": {"token": {"hmac_secret_key": "s3cret"}, "allowed_origins": ["https://*.example.com"]},
+        "channel": {"namespaces": [
+            {"name": "chat", "presence": true, "history_size": 10, "history_ttl": "300s", "force_recovery": true}
+        ]}
+    }"#;
+
+    const YAML: &str = r#"
+http_server:
+  port: 9000
+client:
+  token:
+    hmac_secret_key: s3cret
+  allowed_origins:
+    - "https://*.example.com"
+channel:
+  namespaces:
+    - name: chat
+      presence: true
+      history_size: 10
+      history_ttl: 300s
+      force_recovery: true
+"#;
+
+    const TOML: &str = r#"
+[http_server]
+port = 9000
+
+[client]
+allowed_origins = ["https://*.example.com"]
+
+[client.token]
+hmac_secret_key = "s3cret"
+
+[[channel.namespaces]]
+name = "chat"
+presence = true
+history_size = 10
+history_ttl = "300s"
+force_recovery = true
+"#;
+
+    fn expected_example() -> Config {
+        let mut cfg = Config::default();
+        cfg.http_server.port = 9000;
+        cfg.client.token.hmac_secret_key = "s3cret".to_owned();
+        cfg.client.allowed_origins = vec!["https://*.example.com".to_owned()];
+        cfg.channel.namespaces.push(Namespace {
+            name: "chat".to_owned(),
+            options: ChannelOptions {
+                presence: true,
+                history_size: 10,
+                history_ttl: Duration::from_secs(300),
+                force_recovery: true,
+                ..ChannelOptions::default()
+            },
+        });
+        cfg
+    }
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let cfg = Config::default();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.http_server.address, "127.0.0.1");
+        assert_eq!(cfg.http_server.port, 8000);
+        assert_eq!(cfg.log.level, "info");
+        assert_eq!(cfg.engine.kind, EngineType::Memory);
+        assert_eq!(cfg.client.ping_interval, Duration::from_secs(25));
+        assert_eq!(cfg.client.pong_timeout, Duration::from_secs(8));
+        assert_eq!(cfg.client.max_queue_size, 1_048_576);
+        assert_eq!(cfg.client.channel_limit, 128);
+        assert_eq!(cfg.client.history_max_publication_limit, 300);
+        assert_eq!(cfg.client.recovery_max_publication_limit, 300);
+        assert_eq!(cfg.websocket.message_size_limit, 65_536);
+        assert_eq!(cfg.websocket.write_timeout, Duration::from_secs(1));
+        assert_eq!(cfg.channel.max_length, 255);
+        assert_eq!(cfg.channel.private_prefix, "$");
+        assert_eq!(cfg.channel.namespace_boundary, ":");
+        assert_eq!(cfg.channel.user_boundary, "#");
+        assert_eq!(cfg.channel.user_separator, ",");
+        assert!(cfg.health.enabled);
+        assert!(cfg.prometheus.enabled);
+        assert!(!cfg.sse.enabled && !cfg.uni_grpc.enabled && !cfg.grpc_api.enabled);
+        assert!(!cfg.node.name.is_empty());
+
+        let (loaded, warnings) = load_env(&[]).unwrap();
+        assert_eq!(loaded, cfg);
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn serialization_round_trips() {
+        let cfg = expected_example();
+        let value = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(value["client"]["ping_interval"], "25s");
+        assert_eq!(value["channel"]["history_meta_ttl"], "720h");
+        assert_eq!(value["channel"]["namespaces"][0]["name"], "chat");
+        assert_eq!(value["channel"]["namespaces"][0]["history_ttl"], "5m");
+        assert_eq!(value["engine"]["type"], "memory");
+        assert_eq!(value["client"]["queue_max_size"], 1_048_576);
+        let back: Config = serde_json::from_value(value).unwrap();
+        assert_eq!(back, cfg);
+        // TOML too, for `herald checkconfig`.
+        let text = toml::to_string(&cfg).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn each_format_loads() {
+        for (ext, content) in [
+            ("json", JSON),
+            ("yaml", YAML),
+            ("yml", YAML),
+            ("toml", TOML),
+        ] {
+            let (cfg, warnings) = load_str(ext, content).unwrap_or_else(|e| panic!("{ext}: {e}"));
+            assert_eq!(cfg, expected_example(), "{ext}");
+            assert!(warnings.is_empty(), "{ext}: {warnings:?}");
+        }
+        let (cfg, _) = load_str("yaml", "").unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn unsupported_extension_and_syntax_errors_name_the_file() {
+        let err = load_str("ini", "port=1").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::UnsupportedFormat { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains(".ini"), "{err}");
+
+        for (ext, content) in [("json", "{\"a\": "), ("yaml", "a: [1,"), ("toml", "a = ")] {
+            let err = load_str(ext, content).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, ConfigError::Parse { .. }), "{ext}: {msg}");
+            assert!(
+                msg.starts_with("config file ") && msg.contains(&format!(".{ext}")),
+                "{msg}"
+            );
+        }
+        let err = load_str("json", "[1, 2]").unwrap_err();
+        assert!(err.to_string().contains("top level must be a map"), "{err}");
+
+        let err = Config::load_with_env(Some(Path::new("/nonexistent/herald.toml")), Vec::new())
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot read config file /nonexistent/herald.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn value_errors_name_file_and_key() {
+        let err = load_str("json", r#"{"http_server": {"port": "eighty"}}"#).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("config file "), "{msg}");
+        assert!(
+            msg.contains(": http_server.port: invalid port \"eighty\""),
+            "{msg}"
+        );
+
+        let err = load_str("toml", "[http_server]\nport = 70000\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("http_server.port: invalid port 70000"),
+            "{err}"
+        );
+
+        let err = load_str(
+            "yaml",
+            "channel:\n  namespaces:\n    - name: ok\n    - name: chat\n      history_ttl: soon\n",
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(": channel.namespaces[1].history_ttl: invalid duration \"soon\""),
+            "{msg}"
+        );
+
+        let err = load_str("json", r#"{"client": {"insecure": "yes please"}}"#).unwrap_err();
+        assert!(
+            err.to_string().contains(": client.insecure: invalid type"),
+            "{err}"
+        );
+
+        let err = load_str("json", r#"{"engine": {"type": "tarantool"}}"#).unwrap_err();
+        assert!(
+            err.to_string().contains(": engine.type: unknown variant"),
+            "{err}"
+        );
+
+        let err = load_str("json", r#"{"client": 5}"#).unwrap_err();
+        assert!(err.to_string().contains(": client: invalid type"), "{err}");
+
+        // A port given as a string (older Centrifugo configs) is fine.
+        let (cfg, _) = load_str("json", r#"{"http_server": {"port": "9001"}}"#).unwrap();
+        assert_eq!(cfg.http_server.port, 9001);
+    }
+
+    #[test]
+    fn unknown_keys_are_warnings_with_full_paths() {
+        let (cfg, warnings) = load_str(
+            "json",
+            r#"{
+                "client": {"tokne": {"hmac_secret_key": "x"}, "token": {"jwks_public_endpoint": "u"}},
+                "channel": {"namespaces": [{"name": "chat", "presense": true}],
+                            "without_namespace": {"delta_publish": true}},
+                "client.subscription_token": 1,
+                "health": {"handler_prefix": "/h"},
+                "admin": {"enabled": true, "password": "p"},
+                "swagger": []
+            }"#,
+        )
+        .unwrap();
+        let mut expected = vec![
+            "unknown configuration key client.tokne.hmac_secret_key",
+            "unknown configuration key client.token.jwks_public_endpoint",
+            "unknown configuration key channel.namespaces[0].presense",
+            "unknown configuration key channel.without_namespace.delta_publish",
+            "unknown configuration key client.subscription_token",
+            "unknown configuration key health.handler_prefix",
+            "unknown configuration key admin.enabled",
+            "unknown configuration key admin.password",
+            "unknown configuration key swagger",
+        ];
+        let mut got: Vec<&str> = warnings.iter().map(String::as_str).collect();
+        expected.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, expected);
+        // Unknown keys change nothing; a health section without `enabled` keeps it on.
+        assert!(cfg.health.enabled);
+        assert_eq!(cfg.channel.namespaces[0].name, "chat");
+
+        let (_, warnings) =
+            load_str("yaml", "client:\n  subscription_token:\n    enabld: true\n").unwrap();
+        assert_eq!(
+            warnings,
+            vec!["unknown configuration key client.subscription_token.enabld"]
+        );
+    }
+
+    #[test]
+    fn env_overrides_scalars_nested_keys_and_arrays() {
+        let path = write_temp(
+            "toml",
+            "[http_server]\nport = 9000\n[http_api]\nkey = \"from-file\"\n[log]\nlevel = \"warn\"\n",
+        );
+        let (cfg, warnings) = Config::load_with_env(
+            Some(&path),
+            env(&[
+                ("HERALD_CLIENT_TOKEN_HMAC_SECRET_KEY", "env-secret"),
+                ("HERALD_HTTP_API_KEY", "12345"),
+                ("HERALD_HTTP_SERVER_PORT", "8001"),
+                ("HERALD_HTTP_SERVER_ADDRESS", "0.0.0.0"),
+                ("HERALD_LOG_LEVEL", "debug"),
+                ("HERALD_CLIENT_INSECURE", "true"),
+                ("HERALD_CLIENT_ALLOW_ANONYMOUS_CONNECT_WITHOUT_TOKEN", "1"),
+                ("HERALD_PROMETHEUS_ENABLED", "false"),
+                ("HERALD_UNI_HTTP_STREAM_ENABLED", "t"),
+                ("HERALD_HTTP_STREAM_ENABLED", "TRUE"),
+                ("HERALD_CLIENT_PING_INTERVAL", "30s"),
+                ("HERALD_CLIENT_PONG_TIMEOUT", "10"),
+                ("HERALD_CLIENT_QUEUE_MAX_SIZE", "2048"),
+                ("HERALD_CLIENT_SUBSCRIPTION_TOKEN_ENABLED", "true"),
+                (
+                    "HERALD_CLIENT_SUBSCRIPTION_TOKEN_HMAC_SECRET_KEY",
+                    "sub-secret",
+                ),
+                (
+                    "HERALD_CLIENT_ALLOWED_ORIGINS",
+                    "https://a.example https://*.b.example",
+                ),
+                ("HERALD_CHANNEL_WITHOUT_NAMESPACE_PRESENCE", "true"),
+                (
+                    "HERALD_CHANNEL_NAMESPACES",
+                    r#"[{"name":"chat","history_size":5,"history_ttl":"60s"},{"name":"news"}]"#,
+                ),
+                ("HERALD_ENGINE_TYPE", "memory"),
+                ("HERALD_NODE_NAME", "node-1"),
+                ("HERALD_CONFIG", "/etc/herald.toml"),
+                ("HERALD_CLIENT_CHANNEL_LIMIT", ""),
+                ("PATH", "/usr/bin"),
+            ]),
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(cfg.client.token.hmac_secret_key, "env-secret");
+        assert_eq!(cfg.http_api.key, "12345");
+        assert_eq!(cfg.http_server.port, 8001);
+        assert_eq!(cfg.http_server.address, "0.0.0.0");
+        assert_eq!(cfg.log.level, "debug");
+        assert!(cfg.client.insecure);
+        assert!(cfg.client.allow_anonymous_connect_without_token);
+        assert!(!cfg.prometheus.enabled);
+        assert!(cfg.uni_http_stream.enabled);
+        assert!(cfg.http_stream.enabled);
+        assert_eq!(cfg.client.ping_interval, Duration::from_secs(30));
+        assert_eq!(cfg.client.pong_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.client.max_queue_size, 2048);
+        assert_eq!(
+            cfg.client.channel_limit, 128,
+            "empty variable counts as unset"
+        );
+        assert!(cfg.client.subscription_token.enabled);
+        assert_eq!(
+            cfg.client.subscription_token.token.hmac_secret_key,
+            "sub-secret"
+        );
+        assert_eq!(
+            cfg.client.allowed_origins,
+            vec!["https://a.example", "https://*.b.example"]
+        );
+        assert!(cfg.channel.without_namespace.presence);
+        assert_eq!(cfg.channel.namespaces.len(), 2);
+        assert_eq!(cfg.channel.namespaces[0].name, "chat");
+        assert_eq!(cfg.channel.namespaces[0].options.history_size, 5);
+        assert_eq!(
+            cfg.channel.namespaces[0].options.history_ttl,
+            Duration::from_secs(60)
+        );
+        assert_eq!(cfg.channel.namespaces[1].name, "news");
+        assert_eq!(cfg.node.name, "node-1");
+    }
+
+    #[test]
+    fn env_arrays_accept_json() {
+        let (cfg, _) =
+            load_env(&[("HERALD_CLIENT_ALLOWED_ORIGINS", r#"["https://x", "*"]"#)]).unwrap();
+        assert_eq!(cfg.client.allowed_origins, vec!["https://x", "*"]);
+        let (cfg, _) = load_env(&[(
+            "HERALD_CHANNEL_WITHOUT_NAMESPACE",
+            r#"{"history_size": 3, "history_ttl": 30}"#,
+        )])
+        .unwrap();
+        assert!(cfg.channel.without_namespace.history_enabled());
+    }
+
+    #[test]
+    fn env_errors_and_unknown_variables() {
+        let (_, warnings) = load_env(&[
+            ("HERALD_CLIENT_TOKNE_HMAC_SECRET_KEY", "x"),
+            ("HERALD_NOPE", "1"),
+        ])
+        .unwrap();
+        assert_eq!(
+            warnings,
+            vec![
+                "unknown environment variable HERALD_CLIENT_TOKNE_HMAC_SECRET_KEY: it matches no configuration key",
+                "unknown environment variable HERALD_NOPE: it matches no configuration key",
+            ]
+        );
+
+        let err = load_env(&[("HERALD_HTTP_SERVER_PORT", "abc")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable HERALD_HTTP_SERVER_PORT: http_server.port: invalid port \"abc\": expected an integer between 0 and 65535"
+        );
+        let err = load_env(&[("HERALD_CLIENT_INSECURE", "maybe")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("environment variable HERALD_CLIENT_INSECURE: client.insecure: "),
+            "{err}"
+        );
+        let err = load_env(&[("HERALD_CHANNEL_NAMESPACES", "[{\"name\": ")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("environment variable HERALD_CHANNEL_NAMESPACES: invalid JSON"),
+            "{err}"
+        );
+        let err = load_env(&[(
+            "HERALD_CHANNEL_NAMESPACES",
+            r#"[{"name": "chat", "history_ttl": "forever"}]"#,
+        )])
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "environment variable HERALD_CHANNEL_NAMESPACES: channel.namespaces[0].history_ttl: invalid duration"
+            ),
+            "{err}"
+        );
+        // Env values are validated like file values.
+        let err = load_env(&[("HERALD_CLIENT_PONG_TIMEOUT", "1m")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "client.ping_interval: must be greater than client.pong_timeout"
+        );
+    }
+
+    #[test]
+    fn env_name_resolution_backtracks() {
+        let tree = serde_json::to_value(Config::default()).unwrap();
+        let resolve = |name: &str| {
+            let tokens: Vec<String> = name
+                .to_ascii_lowercase()
+                .split('_')
+                .map(str::to_owned)
+                .collect();
+            resolve_env_name(&tree, &tokens).map(|keys| keys.join("."))
+        };
+        assert_eq!(resolve("HTTP_API_KEY").as_deref(), Some("http_api.key"));
+        assert_eq!(
+            resolve("HTTP_SERVER_PORT").as_deref(),
+            Some("http_server.port")
+        );
+        assert_eq!(
+            resolve("HTTP_STREAM_ENABLED").as_deref(),
+            Some("http_stream.enabled")
+        );
+        assert_eq!(
+            resolve("UNI_HTTP_STREAM_ENABLED").as_deref(),
+            Some("uni_http_stream.enabled")
+        );
+        assert_eq!(
+            resolve("CLIENT_SUBSCRIPTION_TOKEN_HMAC_SECRET_KEY").as_deref(),
+            Some("client.subscription_token.hmac_secret_key")
+        );
+        assert_eq!(
+            resolve("CHANNEL_WITHOUT_NAMESPACE_ALLOW_PUBLISH_FOR_CLIENT").as_deref(),
+            Some("channel.without_namespace.allow_publish_for_client")
+        );
+        assert_eq!(resolve("CLIENT").as_deref(), Some("client"));
+        assert_eq!(resolve("CLIENT_TOKEN_NOPE"), None);
+    }
+
+    #[test]
+    fn aliases_and_flag_defaults() {
+        let (cfg, warnings) = load_str("json", r#"{"client": {"max_queue_size": 4096}}"#).unwrap();
+        assert_eq!(cfg.client.max_queue_size, 4096);
+        assert!(warnings.is_empty());
+
+        let (cfg, _) = load_str(
+            "json",
+            r#"{"health": {}, "prometheus": {"enabled": false}}"#,
+        )
+        .unwrap();
+        assert!(cfg.health.enabled);
+        assert!(!cfg.prometheus.enabled);
+        let (cfg, _) = load_str("json", r#"{"sse": {"enabled": true}}"#).unwrap();
+        assert!(cfg.sse.enabled);
+    }
+
+    fn with_namespace(options: ChannelOptions) -> Config {
+        let mut cfg = Config::default();
+        cfg.channel.namespaces.push(Namespace {
+            name: "chat".to_owned(),
+            options,
+        });
+        cfg
+    }
+
+    #[test]
+    fn validation_errors_name_the_key() {
+        let mut cfg = Config::default();
+        cfg.client.pong_timeout = Duration::from_secs(30);
+        assert_eq!(
+            validation_error(&cfg),
+            "client.ping_interval: must be greater than client.pong_timeout"
+        );
+
+        let mut cfg = with_namespace(ChannelOptions::default());
+        cfg.channel.namespaces.push(Namespace {
+            name: "chat".to_owned(),
+            ..Namespace::default()
+        });
+        assert_eq!(
+            validation_error(&cfg),
+            "channel.namespaces[1].name: duplicate namespace \"chat\""
+        );
+
+        for bad in ["c", "chat room", "chat:x", ""] {
+            let mut cfg = Config::default();
+            cfg.channel.namespaces.push(Namespace {
+                name: bad.to_owned(),
+                ..Namespace::default()
+            });
+            let msg = validation_error(&cfg);
+            assert!(
+                msg.starts_with("channel.namespaces[0].name: invalid namespace name")
+                    && msg.contains("^[-a-zA-Z0-9_.]{2,}$"),
+                "{bad:?}: {msg}"
+            );
+        }
+
+        let cfg = with_namespace(ChannelOptions {
+            history_size: 10,
+            ..ChannelOptions::default()
+        });
+        assert_eq!(
+            validation_error(&cfg),
+            "channel.namespaces[0].history_ttl: must be set when history_size is set"
+        );
+
+        let cfg = with_namespace(ChannelOptions {
+            history_ttl: Duration::from_secs(60),
+            ..ChannelOptions::default()
+        });
+        assert_eq!(
+            validation_error(&cfg),
+            "channel.namespaces[0].history_size: must be set when history_ttl is set"
+        );
+
+        let cfg = with_namespace(ChannelOptions {
+            force_recovery: true,
+            ..ChannelOptions::default()
+        });
+        assert_eq!(
+            validation_error(&cfg),
+            "channel.namespaces[0].force_recovery: requires history (history_size and history_ttl)"
+        );
+
+        let cfg = with_namespace(ChannelOptions {
+            history_size: 1,
+            history_ttl: Duration::from_millis(1500),
+            ..ChannelOptions::default()
+        });
+        assert!(
+            validation_error(&cfg)
+                .starts_with("channel.namespaces[0].history_ttl: 1.5s has sub-second")
+        );
+
+        let cfg = with_namespace(ChannelOptions {
+            history_size: 1,
+            history_ttl: Duration::from_secs(7200),
+            history_meta_ttl: Duration::from_secs(3600),
+            ..ChannelOptions::default()
+        });
+        assert_eq!(
+            validation_error(&cfg),
+            "channel.namespaces[0].history_ttl: must not exceed the history meta TTL (1h)"
+        );
+
+        let mut cfg = Config::default();
+        cfg.channel.without_namespace.history_size = 5;
+        assert_eq!(
+            validation_error(&cfg),
+            "channel.without_namespace.history_ttl: must be set when history_size is set"
+        );
+
+        let mut cfg = Config::default();
+        cfg.engine.kind = EngineType::Redis;
+        assert!(
+            validation_error(&cfg).starts_with("engine.type: engine \"redis\" is not available")
+        );
+
+        let mut cfg = Config::default();
+        cfg.log.level = "loud".to_owned();
+        assert!(validation_error(&cfg).starts_with("log.level: unknown level \"loud\""));
+
+        let mut cfg = Config::default();
+        cfg.client.max_queue_size = 0;
+        assert_eq!(
+            validation_error(&cfg),
+            "client.queue_max_size: must be greater than 0"
+        );
+
+        let mut cfg = Config::default();
+        cfg.client.allowed_origins = vec!["https://a".to_owned(), " ".to_owned()];
+        assert_eq!(
+            validation_error(&cfg),
+            "client.allowed_origins[1]: must not be empty"
+        );
+
+        let mut cfg = Config::default();
+        cfg.websocket.message_size_limit = 0;
+        assert_eq!(
+            validation_error(&cfg),
+            "websocket.message_size_limit: must be greater than 0"
+        );
+
+        let mut cfg = Config::default();
+        cfg.channel.namespace_boundary.clear();
+        assert_eq!(
+            validation_error(&cfg),
+            "channel.namespace_boundary: must not be empty"
+        );
+
+        let mut cfg = Config::default();
+        cfg.channel.max_length = 0;
+        assert_eq!(
+            validation_error(&cfg),
+            "channel.max_length: must be greater than 0"
+        );
+
+        let mut cfg = Config::default();
+        cfg.node.name = " ".to_owned();
+        assert_eq!(validation_error(&cfg), "node.name: must not be empty");
+
+        // Pings off: pong_timeout is not compared.
+        let mut cfg = Config::default();
+        cfg.client.ping_interval = Duration::ZERO;
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn load_runs_validation() {
+        let err = load_str(
+            "json",
+            r#"{"channel": {"namespaces": [{"name": "chat"}, {"name": "chat"}]}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "channel.namespaces[1].name: duplicate namespace \"chat\""
+        );
+    }
+
+    #[test]
+    fn durations_parse() {
+        let cases: &[(&str, Duration)] = &[
+            ("25s", Duration::from_secs(25)),
+            ("300ms", Duration::from_millis(300)),
+            ("1h30m", Duration::from_secs(5400)),
+            ("1m", Duration::from_secs(60)),
+            ("1.5s", Duration::from_millis(1500)),
+            (".5s", Duration::from_millis(500)),
+            ("2h45m30.5s", Duration::from_millis(9_930_500)),
+            ("10us", Duration::from_micros(10)),
+            ("10µs", Duration::from_micros(10)),
+            ("7ns", Duration::from_nanos(7)),
+            ("720h", Duration::from_secs(720 * 3600)),
+            ("30", Duration::from_secs(30)),
+            ("0", Duration::ZERO),
+            ("0s", Duration::ZERO),
+            (" 5s ", Duration::from_secs(5)),
+            ("2 days", Duration::from_secs(2 * 86_400)),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(duration::parse(input).as_ref(), Ok(expected), "{input:?}");
+        }
+        for bad in ["", "abc", "5x", "-1s", "1.2.3s", "s", "5 parsecs"] {
+            let err = duration::parse(bad).unwrap_err();
+            assert!(!err.is_empty(), "{bad:?}");
+        }
+
+        #[derive(Deserialize)]
+        struct D {
+            #[serde(with = "duration")]
+            d: Duration,
+        }
+        let read =
+            |v: Value| serde_json::from_value::<D>(serde_json::json!({ "d": v })).map(|d| d.d);
+        assert_eq!(
+            read(serde_json::json!(30)).unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            read(serde_json::json!(0.25)).unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            read(serde_json::json!("1m")).unwrap(),
+            Duration::from_secs(60)
+        );
+        assert!(read(serde_json::json!(-5)).is_err());
+        assert!(read(serde_json::json!(true)).is_err());
+    }
+
+    #[test]
+    fn durations_format_round_trip() {
+        for (d, text) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(300), "300ms"),
+            (Duration::from_micros(15), "15us"),
+            (Duration::from_nanos(7), "7ns"),
+            (Duration::from_secs(25), "25s"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_secs(5400), "1h30m"),
+            (Duration::from_secs(3601), "1h1s"),
+            (Duration::from_secs(720 * 3600), "720h"),
+        ] {
+            assert_eq!(duration::format(d), text);
+            assert_eq!(duration::parse(text), Ok(d), "{text}");
+        }
+    }
+
+    #[test]
+    fn channel_options_resolution() {
+        let mut cfg = expected_example();
+        cfg.channel.without_namespace.presence = false;
+        cfg.channel.without_namespace.allow_subscribe_for_client = true;
+        let chat = cfg.channel_options("chat:room1").unwrap();
+        assert!(chat.presence && chat.history_enabled());
+        assert!(chat.recovery_possible());
+        assert!(std::ptr::eq(
+            cfg.channel_options("$chat:secret").unwrap(),
+            chat
+        ));
+        assert!(std::ptr::eq(cfg.channel_options("chat:a:b").unwrap(), chat));
+        let plain = cfg.channel_options("news").unwrap();
+        assert!(plain.allow_subscribe_for_client && !plain.presence);
+        assert!(std::ptr::eq(cfg.channel_options("$news").unwrap(), plain));
+        assert!(std::ptr::eq(cfg.channel_options(":news").unwrap(), plain));
+        assert!(cfg.channel_options("unknown:room").is_none());
+        assert!(cfg.channel_options("$unknown:room").is_none());
+
+        // A custom boundary.
+        cfg.channel.namespace_boundary = "/".to_owned();
+        assert!(cfg.channel_options("chat/room1").unwrap().presence);
+        assert!(std::ptr::eq(
+            cfg.channel_options("chat:room1").unwrap(),
+            &cfg.channel.without_namespace
+        ));
+    }
+
+    #[test]
+    fn channel_name_helpers() {
+        let ch = ChannelConfig::default();
+        assert!(ch.is_private("$secret"));
+        assert!(!ch.is_private("public"));
+        assert!(ch.is_user_limited("dialog#42,43"));
+        assert!(ch.user_allowed("dialog#42,43", "43"));
+        assert!(!ch.user_allowed("dialog#42,43", "44"));
+        assert!(ch.user_allowed("news", "anyone"));
+        assert_eq!(ch.namespace_name("$chat:x"), "chat");
+        assert_eq!(ch.namespace_name("news"), "");
+        let opts = ChannelOptions::default();
+        assert_eq!(
+            ch.effective_history_meta_ttl(&opts),
+            Duration::from_secs(720 * 3600)
+        );
+    }
+
+    #[test]
+    fn origins() {
+        let client = ClientConfig {
+            allowed_origins: vec![
+                "https://example.com".to_owned(),
+                "https://*.example.org".to_owned(),
+            ],
+            ..ClientConfig::default()
+        };
+        assert!(client.origin_allowed("https://example.com"));
+        assert!(client.origin_allowed("HTTPS://EXAMPLE.COM"));
+        assert!(client.origin_allowed("https://a.example.org"));
+        assert!(client.origin_allowed("https://a.b.example.org"));
+        assert!(!client.origin_allowed("https://example.org"));
+        assert!(!client.origin_allowed("http://example.com"));
+        assert!(!client.origin_allowed("https://example.com.evil.net"));
+        let any = ClientConfig {
+            allowed_origins: vec!["*".to_owned()],
+            ..ClientConfig::default()
+        };
+        assert!(any.origin_allowed("https://whatever.test"));
+        assert!(!ClientConfig::default().origin_allowed("https://example.com"));
+    }
+
+    #[test]
+    fn subscription_token_config_follows_enabled() {
+        let mut client = ClientConfig::default();
+        client.token.hmac_secret_key = "conn".to_owned();
+        client.subscription_token.token.hmac_secret_key = "sub".to_owned();
+        assert_eq!(client.subscription_token_config().hmac_secret_key, "conn");
+        client.subscription_token.enabled = true;
+        assert_eq!(client.subscription_token_config().hmac_secret_key, "sub");
+        assert!(client.token.is_configured());
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let mut cfg = Config::default();
+        cfg.client.token.hmac_secret_key = "top-secret-value".to_owned();
+        cfg.http_api.key = "api-key-value".to_owned();
+        let text = format!("{cfg:?}");
+        assert!(!text.contains("top-secret-value") && !text.contains("api-key-value"));
+        assert!(text.contains("<redacted>"));
     }
 }

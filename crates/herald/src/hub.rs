@@ -245,10 +245,16 @@ impl ClientHandle {
     }
 }
 
+/// A delivery held back while its subscription is pending: (offset, bytes, positions).
+type Pending = (u64, Bytes, Option<Tags>);
+
+/// Clients by id, as registered under one user.
+type UserClients = HashMap<ClientId, Arc<ClientHandle>>;
+
 struct Subscriber {
     client: Arc<ClientHandle>,
     join_leave: bool,
-    pending: Option<Mutex<Vec<(u64, Bytes, Option<Tags>)>>>,
+    pending: Option<Mutex<Vec<Pending>>>,
 }
 
 impl Subscriber {
@@ -266,7 +272,7 @@ type ChannelMap = HashMap<Arc<str>, HashMap<ClientId, Subscriber>>;
 /// The local registry and fan-out.
 pub struct Hub {
     channels: Vec<RwLock<ChannelMap>>,
-    users: Vec<RwLock<HashMap<String, HashMap<ClientId, Arc<ClientHandle>>>>>,
+    users: Vec<RwLock<HashMap<String, UserClients>>>,
     clients: Vec<RwLock<HashMap<ClientId, Arc<ClientHandle>>>>,
     sessions: Vec<RwLock<HashMap<String, Arc<ClientHandle>>>>,
     next_id: AtomicU64,

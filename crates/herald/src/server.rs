@@ -33,6 +33,18 @@ pub fn router(node: Arc<Node>) -> Router {
             get(transport::sse::handler).post(transport::sse::handler),
         )
         .route("/emulation", post(transport::emulation::handler))
+        .route(
+            "/connection/uni_websocket",
+            any(transport::uni_websocket::handler),
+        )
+        .route(
+            "/connection/uni_http_stream",
+            post(transport::uni_http_stream::handler),
+        )
+        .route(
+            "/connection/uni_sse",
+            get(transport::uni_sse::handler).post(transport::uni_sse::handler),
+        )
         .route("/api/{method}", post(crate::api::handler))
         .route("/health", get(health));
     if node.config.prometheus.enabled {

@@ -80,6 +80,7 @@ pub struct Session {
     control: mpsc::Receiver<Control>,
     transport: TransportInfo,
     connected: bool,
+    resume: HashMap<String, StreamPosition>,
     session_id: String,
     user: String,
     conn_info: Bytes,
@@ -108,6 +109,7 @@ impl Session {
             control,
             transport,
             connected: false,
+            resume: HashMap::new(),
             session_id: String::new(),
             user: String::new(),
             conn_info: Bytes::new(),
@@ -220,10 +222,16 @@ impl Session {
     /// Connects a unidirectional client from its connect request. Failures that a
     /// bidirectional client would get as an error reply become disconnects, since a
     /// unidirectional client reads pushes only.
+    ///
+    /// `resume` holds stream positions the client reported out of band (SSE
+    /// `Last-Event-ID`): each of its channels that the connection subscribes to is
+    /// recovered from there, overriding positions in the request.
     pub async fn connect_unidirectional(
         &mut self,
         req: proto::ConnectRequest,
+        resume: HashMap<String, StreamPosition>,
     ) -> Result<(), Disconnect> {
+        self.resume = resume;
         match self.on_connect(1, req).await {
             Ok(_) if self.connected => Ok(()),
             Ok(_) => Err(Disconnect::BAD_REQUEST),
@@ -441,7 +449,12 @@ impl Session {
             }
         }
         for (channel, chan_info, expire_at) in wanted {
-            let sub_req = req.subs.get(&channel).cloned().unwrap_or_default();
+            let mut sub_req = req.subs.get(&channel).cloned().unwrap_or_default();
+            if let Some(pos) = self.resume.remove(&channel) {
+                sub_req.recover = true;
+                sub_req.offset = pos.offset;
+                sub_req.epoch = pos.epoch;
+            }
             match self
                 .subscribe_core(&channel, &sub_req, chan_info, expire_at)
                 .await

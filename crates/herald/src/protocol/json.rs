@@ -39,13 +39,23 @@ pub mod raw {
 
     /// Embeds the payload as JSON. A payload that is not JSON (binary data published by a
     /// Protobuf client) is written as a JSON string so the line stays valid.
+    ///
+    /// Line breaks in valid JSON can only be whitespace between tokens (inside strings they
+    /// are escaped), so they are turned into spaces: one message must stay one line.
     pub fn serialize<S: Serializer>(data: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
-        match std::str::from_utf8(data)
-            .ok()
-            .and_then(|text| serde_json::from_str::<&RawValue>(text).ok())
-        {
-            Some(raw) => raw.serialize(serializer),
-            None => serializer.serialize_str(&String::from_utf8_lossy(data)),
+        let Ok(text) = std::str::from_utf8(data) else {
+            return serializer.serialize_str(&String::from_utf8_lossy(data));
+        };
+        let one_line;
+        let text = if text.contains(['\n', '\r']) {
+            one_line = text.replace(['\n', '\r'], " ");
+            one_line.as_str()
+        } else {
+            text
+        };
+        match serde_json::from_str::<&RawValue>(text) {
+            Ok(raw) => raw.serialize(serializer),
+            Err(_) => serializer.serialize_str(text),
         }
     }
 

@@ -4,7 +4,11 @@
 pub mod emulation;
 pub mod http_stream;
 pub mod sse;
+pub mod uni_http_stream;
+pub mod uni_sse;
+pub mod uni_websocket;
 pub mod websocket;
+mod ws_common;
 
 use http::HeaderMap;
 
@@ -93,13 +97,15 @@ mod tests {
     }
 }
 
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::engine::StreamPosition;
 use crate::error::Disconnect;
-use crate::hub::ClientHandle;
+use crate::hub::{ClientHandle, Tags};
 use crate::metrics::TransportLabel;
 use crate::node::Node;
 use crate::protocol::{Encoding, Reply, proto};
@@ -109,8 +115,9 @@ use crate::session::{Session, TransportInfo};
 pub enum Initial {
     /// Commands from the request (bidirectional emulation).
     Frame(Bytes),
-    /// The connect request of a unidirectional client.
-    Connect(proto::ConnectRequest),
+    /// The connect request of a unidirectional client, with stream positions to resume
+    /// from (SSE `Last-Event-ID`).
+    Connect(Box<proto::ConnectRequest>, HashMap<String, StreamPosition>),
 }
 
 /// Creates a session, handles its first commands and, once it is connected, runs it in
@@ -125,7 +132,7 @@ pub async fn start_session(
     let handle = session.handle();
     let result = match initial {
         Initial::Frame(frame) => session.handle_frame(&frame).await,
-        Initial::Connect(req) => session.connect_unidirectional(req).await,
+        Initial::Connect(req, resume) => session.connect_unidirectional(*req, resume).await,
     };
     match result {
         Ok(()) if session.is_connected() => {
@@ -147,6 +154,9 @@ pub enum Framing {
     Delimited,
     /// One SSE event per message: `data: <json>` and a blank line.
     SseData,
+    /// As `SseData`, and every event that moves a stream position carries an `id:` with
+    /// all of the connection's positions (see [`sse_id`]), for `Last-Event-ID` resume.
+    SseWithIds,
 }
 
 impl Framing {
@@ -158,7 +168,7 @@ impl Framing {
                 out.put_u8(b'\n');
             }
             Framing::Delimited => out.extend_from_slice(message),
-            Framing::SseData => {
+            Framing::SseData | Framing::SseWithIds => {
                 out.extend_from_slice(b"data: ");
                 out.extend_from_slice(message);
                 out.extend_from_slice(b"\n\n");
@@ -190,8 +200,8 @@ pub fn queue_body(
         .get_or_create(&TransportLabel { transport })
         .clone();
     let encoding = handle.queue.encoding();
-    let state = (CloseOnDrop(handle), false);
-    let stream = futures_util::stream::unfold(state, move |(guard, done)| {
+    let state = (CloseOnDrop(handle), false, Positions::new());
+    let stream = futures_util::stream::unfold(state, move |(guard, done, mut positions)| {
         let sent = sent.clone();
         async move {
             if done {
@@ -199,7 +209,16 @@ pub fn queue_body(
             }
             let batch = guard.0.queue.next_batch().await;
             let mut buf = BytesMut::new();
-            for item in &batch.items {
+            let mut tags = batch.tags.iter().peekable();
+            for (i, item) in batch.items.iter().enumerate() {
+                if let Some((_, t)) = tags.next_if(|(at, _)| *at == i)
+                    && framing == Framing::SseWithIds
+                {
+                    positions.apply(t);
+                    buf.extend_from_slice(b"id: ");
+                    buf.extend_from_slice(positions.sse_id().as_bytes());
+                    buf.put_u8(b'\n');
+                }
                 framing.frame(item, &mut buf);
             }
             sent.inc_by(batch.items.len() as u64);
@@ -215,7 +234,10 @@ pub fn queue_body(
             if buf.is_empty() && finished {
                 return None;
             }
-            Some((Ok::<Bytes, Infallible>(buf.freeze()), (guard, finished)))
+            Some((
+                Ok::<Bytes, Infallible>(buf.freeze()),
+                (guard, finished, positions),
+            ))
         }
     });
     axum::body::Body::from_stream(stream)
@@ -258,5 +280,101 @@ pub fn encoding_for(protobuf: bool, unidirectional: bool) -> Encoding {
         (true, false) => Encoding::Protobuf,
         (false, true) => Encoding::UniJson,
         (true, true) => Encoding::UniProtobuf,
+    }
+}
+
+/// A connection's stream positions, by channel, as its events moved them.
+#[derive(Default)]
+pub struct Positions(BTreeMap<Arc<str>, (u64, Arc<str>)>);
+
+impl Positions {
+    /// No positions yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves the positions an item carries.
+    pub fn apply(&mut self, tags: &Tags) {
+        for t in tags.iter() {
+            self.0
+                .insert(t.channel.clone(), (t.offset, t.epoch.clone()));
+        }
+    }
+
+    /// The SSE event id for the current positions (see [`sse_id`]).
+    pub fn sse_id(&self) -> String {
+        sse_id(self.0.iter().map(|(c, (o, e))| (&**c, *o, &**e)))
+    }
+}
+
+/// Formats stream positions as an SSE event id: entries `offset:epoch:channel` joined by
+/// `,`, with `%`, `,` and line breaks in channel names percent-encoded. Epochs never
+/// contain `:`, so the channel is everything after the second colon.
+pub fn sse_id<'a>(positions: impl Iterator<Item = (&'a str, u64, &'a str)>) -> String {
+    let mut out = String::new();
+    for (i, (channel, offset, epoch)) in positions.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!("{offset}:{epoch}:"));
+        for ch in channel.chars() {
+            match ch {
+                '%' => out.push_str("%25"),
+                ',' => out.push_str("%2C"),
+                '\n' => out.push_str("%0A"),
+                '\r' => out.push_str("%0D"),
+                c => out.push(c),
+            }
+        }
+    }
+    out
+}
+
+/// Parses an SSE event id made by [`sse_id`]; malformed entries are skipped.
+pub fn parse_sse_id(id: &str) -> HashMap<String, StreamPosition> {
+    let mut out = HashMap::new();
+    for entry in id.trim().split(',') {
+        let mut parts = entry.splitn(3, ':');
+        let (Some(offset), Some(epoch), Some(channel)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let Ok(offset) = offset.parse::<u64>() else {
+            continue;
+        };
+        let channel = channel
+            .replace("%2C", ",")
+            .replace("%0A", "\n")
+            .replace("%0D", "\r")
+            .replace("%25", "%");
+        out.insert(
+            channel,
+            StreamPosition {
+                offset,
+                epoch: epoch.to_string(),
+            },
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod sse_id_tests {
+    use super::*;
+
+    #[test]
+    fn sse_ids_round_trip() {
+        let id = sse_id([("chat:room,1%", 42, "ab12cd34"), ("news", 0, "ffff0000")].into_iter());
+        assert_eq!(id, "42:ab12cd34:chat:room%2C1%25,0:ffff0000:news");
+        let back = parse_sse_id(&id);
+        assert_eq!(
+            back["chat:room,1%"],
+            StreamPosition {
+                offset: 42,
+                epoch: "ab12cd34".into()
+            }
+        );
+        assert_eq!(back["news"].offset, 0);
+        assert!(parse_sse_id("garbage,x:y").is_empty());
     }
 }

@@ -1,0 +1,203 @@
+//! What both WebSocket transports share: the RFC 6455 handshake over HTTP/1.1 upgrade, the
+//! inbound frame stream and the writer that drains a session's queue.
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, Stream, StreamExt};
+use http::{HeaderValue, StatusCode, header};
+use hyper::upgrade::OnUpgrade;
+use tokio_websockets::{CloseCode, Limits, Message};
+
+use crate::error::Disconnect;
+use crate::hub::ClientHandle;
+use crate::metrics::TransportLabel;
+use crate::node::Node;
+use crate::protocol::Encoding;
+
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+fn header_has_token(value: Option<&HeaderValue>, token: &str) -> bool {
+    value
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// An accepted handshake: the 101 response to return and the upgraded connection to come.
+pub struct Accepted {
+    /// The `101 Switching Protocols` response.
+    pub response: Response,
+    /// Resolves to the raw connection once the response is sent.
+    pub upgrade: OnUpgrade,
+    /// Whether the client offered (and got) `subprotocol`.
+    pub subprotocol: bool,
+}
+
+/// Validates a WebSocket upgrade request (method, headers, version, Origin) and builds the
+/// response. `subprotocol` is selected when the client offers it.
+pub fn accept(
+    node: &Node,
+    req: &mut Request,
+    subprotocol: Option<&str>,
+) -> Result<Accepted, Box<Response>> {
+    let bad = |msg: &'static str| Box::new((StatusCode::BAD_REQUEST, msg).into_response());
+    let headers = req.headers();
+    if !header_has_token(headers.get(header::UPGRADE), "websocket")
+        || !header_has_token(headers.get(header::CONNECTION), "upgrade")
+    {
+        return Err(bad("expected a WebSocket upgrade request"));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err(bad("unsupported Sec-WebSocket-Version (13 required)"));
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(bad("missing Sec-WebSocket-Key"));
+    };
+    if !super::origin_allowed(headers, &node.config.client.allowed_origins) {
+        tracing::info!(origin = ?headers.get(header::ORIGIN), "WebSocket origin not allowed");
+        return Err(Box::new(
+            (StatusCode::FORBIDDEN, "origin not allowed").into_response(),
+        ));
+    }
+    let selected =
+        subprotocol.filter(|p| header_has_token(headers.get(header::SEC_WEBSOCKET_PROTOCOL), p));
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(WS_GUID.as_bytes());
+    let accept = base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes());
+    let upgrade = hyper::upgrade::on(req);
+    let mut resp = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(p) = selected {
+        resp = resp.header(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    let response = resp
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    Ok(Accepted {
+        response,
+        upgrade,
+        subprotocol: selected.is_some(),
+    })
+}
+
+/// A server-side WebSocket stream over an upgraded connection, with the message size limit.
+pub fn server_stream<S>(node: &Node, io: S) -> tokio_websockets::WebSocketStream<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let limit = node.config.websocket.message_size_limit;
+    tokio_websockets::ServerBuilder::new()
+        .limits(Limits::default().max_payload_len(Some(limit)))
+        .serve(io)
+}
+
+/// Data frames as a stream of payloads; ends at a close frame or when the peer goes away.
+/// A frame over the size limit ends it with 1009.
+pub fn inbound<St>(stream: St) -> impl Stream<Item = Result<Bytes, Disconnect>> + Unpin
+where
+    St: Stream<Item = Result<Message, tokio_websockets::Error>> + Unpin,
+{
+    Box::pin(futures_util::stream::unfold(stream, |mut s| async move {
+        loop {
+            match s.next().await? {
+                Ok(m) if m.is_text() || m.is_binary() => {
+                    return Some((Ok(Bytes::from(m.into_payload())), s));
+                }
+                Ok(m) if m.is_close() => return None,
+                Ok(_) => continue,
+                Err(tokio_websockets::Error::PayloadTooLong { len, max_len }) => {
+                    tracing::debug!(len, max_len, "WebSocket message over the size limit");
+                    return Some((Err(Disconnect::custom(1009, "message too big")), s));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "WebSocket read error");
+                    return Some((Err(Disconnect::BAD_REQUEST), s));
+                }
+            }
+        }
+    }))
+}
+
+/// Drains the client's queue to the socket until the queue closes, then sends the close
+/// frame. With `batch_frames`, everything queued goes out as one frame (messages joined
+/// as the encoding batches them); otherwise one frame per message, still in one write.
+pub async fn write_loop<Si>(
+    node: Arc<Node>,
+    handle: Arc<ClientHandle>,
+    mut sink: Si,
+    transport: &'static str,
+    batch_frames: bool,
+) where
+    Si: futures_util::Sink<Message, Error = tokio_websockets::Error> + Unpin,
+{
+    let encoding: Encoding = handle.queue.encoding();
+    let timeout = node.config.websocket.write_timeout;
+    let sent = node
+        .metrics
+        .messages_sent
+        .get_or_create(&TransportLabel { transport })
+        .clone();
+    let message = |payload: Bytes| {
+        if encoding.is_json() {
+            Message::text(payload)
+        } else {
+            Message::binary(payload)
+        }
+    };
+    let mut buf = BytesMut::new();
+    loop {
+        let batch = handle.queue.next_batch().await;
+        let n = batch.items.len();
+        if n > 0 {
+            let write = async {
+                if batch_frames || n == 1 {
+                    let payload = if n == 1 {
+                        batch.items[0].clone()
+                    } else {
+                        encoding.join(&batch.items, &mut buf);
+                        buf.split().freeze()
+                    };
+                    sink.send(message(payload)).await
+                } else {
+                    for item in &batch.items {
+                        sink.feed(message(item.clone())).await?;
+                    }
+                    sink.flush().await
+                }
+            };
+            match tokio::time::timeout(timeout, write).await {
+                Ok(Ok(())) => {
+                    sent.inc_by(n as u64);
+                    node.metrics.batch_size.observe(n as f64);
+                }
+                _ => {
+                    handle.queue.close(Disconnect::WRITE_ERROR);
+                    return;
+                }
+            }
+        }
+        if let Some(d) = batch.close {
+            let code = u16::try_from(d.code)
+                .ok()
+                .and_then(|c| CloseCode::try_from(c).ok());
+            let reason: String = d.reason.chars().take(120).collect();
+            let _ = tokio::time::timeout(timeout, async {
+                let _ = sink.send(Message::close(code, &reason)).await;
+                let _ = sink.close().await;
+            })
+            .await;
+            return;
+        }
+    }
+}
