@@ -151,16 +151,19 @@ pub struct Config {
     pub grpc_api: EnabledFlag,
     /// The bidirectional WebSocket transport (`/connection/websocket`), always on.
     pub websocket: WebsocketConfig,
-    /// Bidirectional SSE emulation (`/connection/sse`). Default: disabled.
-    pub sse: EnabledFlag,
-    /// Bidirectional HTTP-streaming emulation (`/connection/http_stream`). Default: disabled.
-    pub http_stream: EnabledFlag,
-    /// Unidirectional WebSocket (`/connection/uni_websocket`). Default: disabled.
-    pub uni_websocket: EnabledFlag,
-    /// Unidirectional SSE (`/connection/uni_sse`). Default: disabled.
-    pub uni_sse: EnabledFlag,
-    /// Unidirectional HTTP streaming (`/connection/uni_http_stream`). Default: disabled.
-    pub uni_http_stream: EnabledFlag,
+    /// Bidirectional SSE emulation (`/connection/sse`). Default: **enabled**
+    /// (Centrifugo: disabled): Herald serves every transport from one port.
+    pub sse: TransportConfig,
+    /// Bidirectional HTTP-streaming emulation (`/connection/http_stream`). Default: enabled.
+    pub http_stream: TransportConfig,
+    /// `POST /emulation`, where emulation clients send their later commands.
+    pub emulation: EmulationConfig,
+    /// Unidirectional WebSocket (`/connection/uni_websocket`). Default: enabled.
+    pub uni_websocket: TransportConfig,
+    /// Unidirectional SSE (`/connection/uni_sse`). Default: enabled.
+    pub uni_sse: TransportConfig,
+    /// Unidirectional HTTP streaming (`/connection/uni_http_stream`). Default: enabled.
+    pub uni_http_stream: TransportConfig,
     /// Unidirectional gRPC. Default: disabled.
     pub uni_grpc: EnabledFlag,
     /// `health.enabled`. Herald serves `/health` whatever this says; the flag
@@ -188,11 +191,12 @@ impl Default for Config {
             http_api: HttpApiConfig::default(),
             grpc_api: EnabledFlag::default(),
             websocket: WebsocketConfig::default(),
-            sse: EnabledFlag::default(),
-            http_stream: EnabledFlag::default(),
-            uni_websocket: EnabledFlag::default(),
-            uni_sse: EnabledFlag::default(),
-            uni_http_stream: EnabledFlag::default(),
+            sse: TransportConfig::default(),
+            http_stream: TransportConfig::default(),
+            emulation: EmulationConfig::default(),
+            uni_websocket: TransportConfig::default(),
+            uni_sse: TransportConfig::default(),
+            uni_http_stream: TransportConfig::default(),
             uni_grpc: EnabledFlag::default(),
             health: EnabledFlag { enabled: true },
             prometheus: EnabledFlag { enabled: true },
@@ -212,6 +216,19 @@ pub struct HttpServerConfig {
     /// TCP port. Default `8000`. Accepts an integer or a numeric string.
     #[serde(deserialize_with = "port::deserialize")]
     pub port: u16,
+    /// TLS for the listener (HTTP/1.1 and HTTP/2 negotiated with ALPN). Off by default.
+    pub tls: TlsConfig,
+    /// Time a client has to send its request headers (HTTP/1.1) and to finish the
+    /// TLS handshake. Default `10s`.
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
+    /// How often to send HTTP/2 keep-alive pings on idle connections; a connection
+    /// that does not answer within the same interval is closed. `0` turns it off.
+    /// Default `30s`.
+    #[serde(with = "duration")]
+    pub http2_keepalive_interval: Duration,
+    /// Maximum concurrent streams per HTTP/2 connection. Default `1000`.
+    pub http2_max_concurrent_streams: u32,
 }
 
 impl Default for HttpServerConfig {
@@ -219,6 +236,134 @@ impl Default for HttpServerConfig {
         HttpServerConfig {
             address: "127.0.0.1".to_owned(),
             port: 8000,
+            tls: TlsConfig::default(),
+            handshake_timeout: Duration::from_secs(10),
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_max_concurrent_streams: 1000,
+        }
+    }
+}
+
+/// `http_server.tls.*`, as in Centrifugo v6: the certificate and key come from a file,
+/// base64 or inline PEM (first non-empty pair wins, in that order).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// Turn TLS on. A certificate and key given without `enabled` also turn it on.
+    pub enabled: bool,
+    /// Path to the certificate chain in PEM.
+    pub cert_pem_file: String,
+    /// Path to the private key in PEM.
+    pub key_pem_file: String,
+    /// Base64 of the certificate chain PEM.
+    pub cert_pem_b64: String,
+    /// Base64 of the private key PEM.
+    pub key_pem_b64: String,
+    /// Certificate chain PEM, inline.
+    pub cert_pem: String,
+    /// Private key PEM, inline.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("enabled", &self.enabled)
+            .field("cert_pem_file", &self.cert_pem_file)
+            .field("key_pem_file", &self.key_pem_file)
+            .field("key_pem_b64", &redacted(&self.key_pem_b64))
+            .field("key_pem", &redacted(&self.key_pem))
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsConfig {
+    /// Whether TLS is on: `enabled`, or a certificate and key were given.
+    pub fn is_on(&self) -> bool {
+        self.enabled
+            || (!self.cert_pem_file.is_empty() && !self.key_pem_file.is_empty())
+            || (!self.cert_pem_b64.is_empty() && !self.key_pem_b64.is_empty())
+            || (!self.cert_pem.is_empty() && !self.key_pem.is_empty())
+    }
+
+    /// The certificate chain and key PEM bytes, from the first source set.
+    pub fn pem(&self) -> Result<(Vec<u8>, Vec<u8>), ConfigError> {
+        use base64::Engine;
+        if !self.cert_pem_file.is_empty() || !self.key_pem_file.is_empty() {
+            let read = |key: &str, path: &str| {
+                std::fs::read(path).map_err(|e| {
+                    ConfigError::invalid(
+                        format!("http_server.tls.{key}"),
+                        format!("cannot read {path:?}: {e}"),
+                    )
+                })
+            };
+            return Ok((
+                read("cert_pem_file", &self.cert_pem_file)?,
+                read("key_pem_file", &self.key_pem_file)?,
+            ));
+        }
+        if !self.cert_pem_b64.is_empty() || !self.key_pem_b64.is_empty() {
+            let decode = |key: &str, v: &str| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(v.trim())
+                    .map_err(|e| {
+                        ConfigError::invalid(
+                            format!("http_server.tls.{key}"),
+                            format!("not base64: {e}"),
+                        )
+                    })
+            };
+            return Ok((
+                decode("cert_pem_b64", &self.cert_pem_b64)?,
+                decode("key_pem_b64", &self.key_pem_b64)?,
+            ));
+        }
+        if !self.cert_pem.is_empty() && !self.key_pem.is_empty() {
+            return Ok((
+                self.cert_pem.clone().into_bytes(),
+                self.key_pem.clone().into_bytes(),
+            ));
+        }
+        Err(ConfigError::invalid(
+            "http_server.tls",
+            "enabled, but no certificate and key: set cert_pem_file and key_pem_file",
+        ))
+    }
+}
+
+/// A streaming transport's section: on/off and the size of the request that opens it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TransportConfig {
+    /// Serve this transport. Default `true` (Centrifugo: `false`).
+    pub enabled: bool,
+    /// Largest request body (the connect request or first commands), bytes.
+    /// Default `65536`; a larger one is refused with 413.
+    pub max_request_body_size: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            enabled: true,
+            max_request_body_size: 65536,
+        }
+    }
+}
+
+/// `emulation.*`: the endpoint emulation clients send later commands to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EmulationConfig {
+    /// Largest `POST /emulation` body, bytes. Default `65536`; larger is refused with 413.
+    pub max_request_body_size: usize,
+}
+
+impl Default for EmulationConfig {
+    fn default() -> Self {
+        EmulationConfig {
+            max_request_body_size: 65536,
         }
     }
 }
@@ -824,6 +969,36 @@ impl Config {
                     "engine {:?} is not available in this version of Herald; only \"memory\" is",
                     self.engine.kind.to_string()
                 ),
+            ));
+        }
+
+        let tls = &self.http_server.tls;
+        if tls.is_on() {
+            tls.pem()?;
+        }
+        if self.http_server.http2_max_concurrent_streams == 0 {
+            return Err(ConfigError::invalid(
+                "http_server.http2_max_concurrent_streams",
+                "must be greater than 0",
+            ));
+        }
+        for (key, t) in [
+            ("sse", &self.sse),
+            ("http_stream", &self.http_stream),
+            ("uni_sse", &self.uni_sse),
+            ("uni_http_stream", &self.uni_http_stream),
+        ] {
+            if t.max_request_body_size == 0 {
+                return Err(ConfigError::invalid(
+                    format!("{key}.max_request_body_size"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+        if self.emulation.max_request_body_size == 0 {
+            return Err(ConfigError::invalid(
+                "emulation.max_request_body_size",
+                "must be greater than 0",
             ));
         }
 

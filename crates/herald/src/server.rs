@@ -1,53 +1,88 @@
-//! Listeners, routing and graceful shutdown. One port serves HTTP/1.1 and h2c (HTTP/2 with
-//! prior knowledge) through hyper-util's auto builder, with upgrades for WebSocket.
+//! Listeners, routing and graceful shutdown. One port serves HTTP/1.1, h2c (HTTP/2 with
+//! prior knowledge) and, when `http_server.tls` is set, TLS with ALPN `h2` and `http/1.1`,
+//! through hyper-util's auto builder, with upgrades for WebSocket.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::response::IntoResponse;
-use axum::routing::{any, get, post};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use axum::routing::{MethodRouter, any, get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
+use crate::config::Config;
 use crate::node::Node;
 use crate::transport;
 
 /// How long shutdown waits for clients to go after telling them to reconnect.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Every route on the one listener.
+/// Every route on the one listener; transports turned off in the config are not routed.
 pub fn router(node: Arc<Node>) -> Router {
+    let cfg = node.config.clone();
+    let limited = |m: MethodRouter<Arc<Node>>, limit: usize| m.layer(DefaultBodyLimit::max(limit));
     let mut r = Router::new()
         .route("/connection/websocket", any(transport::websocket::handler))
-        .route(
-            "/connection/http_stream",
-            post(transport::http_stream::handler),
-        )
-        .route(
-            "/connection/sse",
-            get(transport::sse::handler).post(transport::sse::handler),
-        )
-        .route("/emulation", post(transport::emulation::handler))
-        .route(
-            "/connection/uni_websocket",
-            any(transport::uni_websocket::handler),
-        )
-        .route(
-            "/connection/uni_http_stream",
-            post(transport::uni_http_stream::handler),
-        )
-        .route(
-            "/connection/uni_sse",
-            get(transport::uni_sse::handler).post(transport::uni_sse::handler),
-        )
         .route("/api/{method}", post(crate::api::handler))
         .route("/health", get(health));
-    if node.config.prometheus.enabled {
+    if cfg.http_stream.enabled {
+        r = r.route(
+            "/connection/http_stream",
+            limited(
+                post(transport::http_stream::handler),
+                cfg.http_stream.max_request_body_size,
+            ),
+        );
+    }
+    if cfg.sse.enabled {
+        r = r.route(
+            "/connection/sse",
+            limited(
+                get(transport::sse::handler).post(transport::sse::handler),
+                cfg.sse.max_request_body_size,
+            ),
+        );
+    }
+    if cfg.http_stream.enabled || cfg.sse.enabled {
+        r = r.route(
+            "/emulation",
+            limited(
+                post(transport::emulation::handler),
+                cfg.emulation.max_request_body_size,
+            ),
+        );
+    }
+    if cfg.uni_websocket.enabled {
+        r = r.route(
+            "/connection/uni_websocket",
+            any(transport::uni_websocket::handler),
+        );
+    }
+    if cfg.uni_http_stream.enabled {
+        r = r.route(
+            "/connection/uni_http_stream",
+            limited(
+                post(transport::uni_http_stream::handler),
+                cfg.uni_http_stream.max_request_body_size,
+            ),
+        );
+    }
+    if cfg.uni_sse.enabled {
+        r = r.route(
+            "/connection/uni_sse",
+            limited(
+                get(transport::uni_sse::handler).post(transport::uni_sse::handler),
+                cfg.uni_sse.max_request_body_size,
+            ),
+        );
+    }
+    if cfg.prometheus.enabled {
         r = r.route("/metrics", get(metrics));
     }
     r.with_state(node)
@@ -68,21 +103,76 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     )
 }
 
+/// Error raised while setting up the listener.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The address cannot be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// `address:port` as configured.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS certificate or key is unusable.
+    #[error("http_server.tls: {0}")]
+    Tls(String),
+}
+
+/// Builds the TLS acceptor from `http_server.tls`, offering HTTP/2 and HTTP/1.1 by ALPN.
+fn tls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ServerError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let tls = &config.http_server.tls;
+    if !tls.is_on() {
+        return Ok(None);
+    }
+    let (cert_pem, key_pem) = tls.pem().map_err(|e| ServerError::Tls(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServerError::Tls(format!("bad certificate PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(ServerError::Tls(
+            "no certificate in the certificate PEM".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| ServerError::Tls(format!("bad key PEM: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServerError::Tls(format!("certificate and key do not match: {e}")))?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(server))))
+}
+
 /// A bound listener, ready to serve.
 pub struct Server {
     node: Arc<Node>,
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
 }
 
 impl Server {
-    /// Binds the configured address.
-    pub async fn bind(node: Arc<Node>) -> std::io::Result<Server> {
-        let addr = format!(
+    /// Binds the configured address and prepares TLS when configured.
+    pub async fn bind(node: Arc<Node>) -> Result<Server, ServerError> {
+        let address = format!(
             "{}:{}",
             node.config.http_server.address, node.config.http_server.port
         );
-        let listener = TcpListener::bind(&addr).await?;
-        Ok(Server { node, listener })
+        let tls = tls_acceptor(&node.config)?;
+        let listener = TcpListener::bind(&address)
+            .await
+            .map_err(|source| ServerError::Bind { address, source })?;
+        Ok(Server {
+            node,
+            listener,
+            tls,
+        })
     }
 
     /// The address actually bound (port 0 resolves here).
@@ -90,14 +180,24 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// Whether the listener speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting, tells every client to
     /// reconnect (shutdown code), and waits up to a few seconds for connections to drain.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let Server { node, listener } = self;
+        let Server {
+            node,
+            listener,
+            tls,
+        } = self;
         node.spawn_background();
         let app = router(node.clone());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let builder = connection_builder(&node.config);
+        let handshake_timeout = node.config.http_server.handshake_timeout;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -113,13 +213,39 @@ impl Server {
                     };
                     let _ = stream.set_nodelay(true);
                     let service = TowerToHyperService::new(app.clone());
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let conn = graceful.watch(conn.into_owned());
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::trace!(%peer, error = %e, "connection ended with error");
+                    match &tls {
+                        None => {
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            let conn = graceful.watch(conn.into_owned());
+                            tokio::spawn(async move {
+                                if let Err(e) = conn.await {
+                                    tracing::trace!(%peer, error = %e, "connection ended with error");
+                                }
+                            });
                         }
-                    });
+                        Some(acceptor) => {
+                            let acceptor = acceptor.clone();
+                            let builder = builder.clone();
+                            let watcher = graceful.watcher();
+                            tokio::spawn(async move {
+                                let tls_stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                    Ok(Ok(s)) => s,
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                        return;
+                                    }
+                                    Err(_) => {
+                                        tracing::debug!(%peer, "TLS handshake timed out");
+                                        return;
+                                    }
+                                };
+                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                                    tracing::trace!(%peer, error = %e, "connection ended with error");
+                                }
+                            });
+                        }
+                    }
                 }
                 _ = &mut shutdown => break,
             }
@@ -134,4 +260,22 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
         tracing::info!("stopped");
     }
+}
+
+/// HTTP/1.1 and HTTP/2 settings from `http_server`.
+fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let http = &config.http_server;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(http.handshake_timeout);
+    let mut h2 = builder.http2();
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(http.http2_max_concurrent_streams);
+    if !http.http2_keepalive_interval.is_zero() {
+        h2.keep_alive_interval(http.http2_keepalive_interval)
+            .keep_alive_timeout(http.http2_keepalive_interval);
+    }
+    builder
 }

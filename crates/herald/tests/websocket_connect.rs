@@ -32,7 +32,6 @@ both_encodings!(
     anonymous_connect_when_allowed,
     server_pings_are_answered_and_silence_disconnects,
     expired_connection_is_closed_with_3005,
-
     token_info_reaches_presence_and_publications,
     shutdown_tells_clients_to_reconnect,
 );

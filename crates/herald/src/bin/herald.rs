@@ -69,10 +69,8 @@ fn init_logging(level: &str) {
 }
 
 fn load(config: Option<&std::path::Path>) -> Result<(Config, Vec<String>), String> {
-    Config::load(config).map_err(|e| match config {
-        Some(p) => format!("configuration {}: {e}", p.display()),
-        None => format!("configuration: {e}"),
-    })
+    // The error names the file, variable or key already.
+    Config::load(config).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -128,7 +126,14 @@ fn run(cli: Cli) -> Result<(), String> {
             port,
         } => {
             let (mut cfg, warnings) = load(config.as_deref())?;
-            init_logging(cli.log_level.as_deref().unwrap_or("info"));
+            let level = cli
+                .log_level
+                .clone()
+                .unwrap_or_else(|| match cfg.log.level.as_str() {
+                    "none" => "off".to_string(),
+                    other => other.to_string(),
+                });
+            init_logging(&level);
             for w in &warnings {
                 tracing::warn!("{w}");
             }
@@ -173,14 +178,14 @@ async fn serve(cfg: Config) -> Result<(), String> {
     let node = herald::node::Node::new(cfg).map_err(|e| e.to_string())?;
     let server = herald::server::Server::bind(node.clone())
         .await
-        .map_err(|e| {
-            format!(
-                "cannot listen on {}:{}: {e}",
-                node.config.http_server.address, node.config.http_server.port
-            )
-        })?;
+        .map_err(|e| e.to_string())?;
     let addr = server.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "herald listening: WebSocket at ws://{addr}/connection/websocket, API at http://{addr}/api");
+    let scheme = if server.is_tls() { "s" } else { "" };
+    tracing::info!(
+        %addr,
+        version = env!("CARGO_PKG_VERSION"),
+        "herald listening: WebSocket at ws{scheme}://{addr}/connection/websocket, SSE at http{scheme}://{addr}/connection/uni_sse, API at http{scheme}://{addr}/api"
+    );
     server.run(shutdown_signal()).await;
     Ok(())
 }
