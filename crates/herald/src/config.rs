@@ -454,6 +454,10 @@ pub struct ClientConfig {
     /// closed, to let the client refresh. Default 25s.
     #[serde(with = "duration")]
     pub expired_close_delay: Duration,
+    /// How long a connection may stay open without a successful connect
+    /// command before it is closed with 3502 (stale). Default 10s.
+    #[serde(with = "duration")]
+    pub stale_close_delay: Duration,
 }
 
 impl Default for ClientConfig {
@@ -471,6 +475,7 @@ impl Default for ClientConfig {
             history_max_publication_limit: 300,
             recovery_max_publication_limit: 300,
             expired_close_delay: Duration::from_secs(25),
+            stale_close_delay: Duration::from_secs(10),
         }
     }
 }
@@ -1007,6 +1012,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "client.ping_interval",
                 "must be greater than client.pong_timeout",
+            ));
+        }
+        if client.stale_close_delay.is_zero() {
+            return Err(ConfigError::invalid(
+                "client.stale_close_delay",
+                "must be greater than 0",
             ));
         }
         if client.max_queue_size == 0 {

@@ -25,9 +25,6 @@ use crate::node::Node;
 use crate::protocol::Encoding;
 use crate::protocol::proto::{self, Command, Reply};
 
-/// How long a connection may stay open without a connect command.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// What a transport tells the session about itself.
 #[derive(Clone, Copy, Debug)]
 pub struct TransportInfo {
@@ -51,6 +48,13 @@ struct SubState {
     presence: bool,
     join_leave: bool,
     chan_info: Bytes,
+}
+
+/// What a transport feeds a running session: frames to decode, or commands its framing
+/// already decoded.
+enum Inbound {
+    Frame(Bytes),
+    Command(Command),
 }
 
 /// An error while handling one command: an error reply, or the end of the connection.
@@ -85,6 +89,7 @@ pub struct Session {
     user: String,
     conn_info: Bytes,
     expire_at: Option<i64>,
+    expire_deadline: Option<Instant>,
     subs: HashMap<String, SubState>,
     stale_deadline: Option<Instant>,
     next_ping: Option<Instant>,
@@ -94,6 +99,7 @@ pub struct Session {
 impl Session {
     /// A new, not yet connected session with its own outbound queue.
     pub fn new(node: Arc<Node>, transport: TransportInfo) -> Session {
+        let stale_close_delay = node.config.client.stale_close_delay;
         let (handle, control) = node
             .hub
             .new_client(transport.encoding, node.config.client.max_queue_size);
@@ -114,8 +120,9 @@ impl Session {
             user: String::new(),
             conn_info: Bytes::new(),
             expire_at: None,
+            expire_deadline: None,
             subs: HashMap::new(),
-            stale_deadline: Some(Instant::now() + CONNECT_TIMEOUT),
+            stale_deadline: Some(Instant::now() + stale_close_delay),
             next_ping: None,
             pong_deadline: None,
         }
@@ -134,9 +141,27 @@ impl Session {
     /// Drives the session until the connection ends: inbound frames, control messages
     /// from the node, pings and expiry. Cleans up and returns why it ended; the queue is
     /// closed with that reason so the writer can tell the client.
-    pub async fn run<S>(mut self, mut inbound: S) -> Disconnect
+    pub async fn run<S>(self, inbound: S) -> Disconnect
     where
         S: Stream<Item = Result<Bytes, Disconnect>> + Unpin,
+    {
+        self.run_inbound(inbound.map(|f| f.map(Inbound::Frame)))
+            .await
+    }
+
+    /// As [`Session::run`], for transports whose framing already delimits and decodes each
+    /// command (gRPC: one Command per message).
+    pub async fn run_commands<S>(self, inbound: S) -> Disconnect
+    where
+        S: Stream<Item = Result<Command, Disconnect>> + Unpin,
+    {
+        self.run_inbound(inbound.map(|c| c.map(Inbound::Command)))
+            .await
+    }
+
+    async fn run_inbound<S>(mut self, mut inbound: S) -> Disconnect
+    where
+        S: Stream<Item = Result<Inbound, Disconnect>> + Unpin,
     {
         let reason = loop {
             let deadline = self.next_deadline();
@@ -151,8 +176,20 @@ impl Session {
                     }
                 }
                 frame = inbound.next() => match frame {
-                    Some(Ok(bytes)) => {
+                    Some(Ok(Inbound::Frame(bytes))) => {
                         if let Err(d) = self.handle_frame(&bytes).await {
+                            break d;
+                        }
+                    }
+                    Some(Ok(Inbound::Command(cmd))) => {
+                        self.node
+                            .metrics
+                            .messages_received
+                            .get_or_create(&TransportLabel {
+                                transport: self.transport.name,
+                            })
+                            .inc();
+                        if let Err(d) = self.handle_command(cmd).await {
                             break d;
                         }
                     }
@@ -170,16 +207,24 @@ impl Session {
         reason
     }
 
-    fn next_deadline(&self) -> Instant {
-        let expiry = self.expire_at.map(|at| {
-            let left = at.saturating_sub(now_millis() / 1000).max(0) as u64;
-            Instant::now() + Duration::from_secs(left)
+    /// Sets when the credentials expire (Unix seconds) and so when the connection closes:
+    /// `client.expired_close_delay` later, unless the client refreshes first.
+    fn set_expiry(&mut self, expire_at: Option<i64>) {
+        self.expire_at = expire_at;
+        self.expire_deadline = expire_at.map(|at| {
+            let left_ms = (at * 1000 - now_millis()).max(0) as u64;
+            Instant::now()
+                + Duration::from_millis(left_ms)
+                + self.node.config.client.expired_close_delay
         });
+    }
+
+    fn next_deadline(&self) -> Instant {
         [
             self.stale_deadline,
             self.next_ping,
             self.pong_deadline,
-            expiry,
+            self.expire_deadline,
         ]
         .into_iter()
         .flatten()
@@ -195,13 +240,16 @@ impl Session {
         if self.pong_deadline.is_some_and(|d| d <= now) {
             return Err(Disconnect::NO_PONG);
         }
-        if self.expire_at.is_some_and(|at| at <= now_millis() / 1000) {
+        if self.expire_deadline.is_some_and(|d| d <= now) {
             return Err(Disconnect::EXPIRED);
         }
         if self.next_ping.is_some_and(|d| d <= now) {
             let cfg = &self.node.config.client;
             self.send(&Reply::default());
-            if !self.transport.unidirectional && self.pong_deadline.is_none() {
+            if !self.transport.unidirectional
+                && self.pong_deadline.is_none()
+                && !cfg.pong_timeout.is_zero()
+            {
                 self.pong_deadline = Some(now + cfg.pong_timeout);
             }
             self.next_ping = Some(now + cfg.ping_interval);
@@ -398,7 +446,7 @@ impl Session {
                         return Err(ClientError::TOKEN_EXPIRED.into());
                     }
                     self.user = claims.user;
-                    self.expire_at = expire_at;
+                    self.set_expiry(expire_at);
                     self.conn_info = claims.info.unwrap_or_default();
                     channels = claims.channels;
                     channels.extend(claims.subs.into_keys());
@@ -533,7 +581,8 @@ impl Session {
                 .activate(&channel, &self.handle, None, covered);
             self.after_join(&channel).await;
         }
-        self.next_ping = Some(Instant::now() + cfg.client.ping_interval);
+        self.next_ping = (!cfg.client.ping_interval.is_zero())
+            .then(|| Instant::now() + cfg.client.ping_interval);
         Ok(None)
     }
 
@@ -597,7 +646,8 @@ impl Session {
         if self.subs.contains_key(&channel) {
             return Err(ClientError::ALREADY_SUBSCRIBED.into());
         }
-        if self.subs.len() >= self.node.config.client.channel_limit {
+        let limit = self.node.config.client.channel_limit;
+        if limit > 0 && self.subs.len() >= limit {
             return Err(ClientError::LIMIT_EXCEEDED.into());
         }
         let opts = self.node.channel_options(&channel)?;
@@ -646,7 +696,10 @@ impl Session {
         let mut covered = 0;
         if positioned {
             let recovering = recoverable && req.recover;
-            let limit = self.node.config.client.recovery_max_publication_limit;
+            let limit = match self.node.config.client.recovery_max_publication_limit {
+                0 => usize::MAX - 1,
+                n => n,
+            };
             let filter = if recovering {
                 HistoryFilter {
                     since: Some(StreamPosition {
@@ -839,7 +892,10 @@ impl Session {
         ) {
             return Err(ClientError::PERMISSION_DENIED.into());
         }
-        let max = self.node.config.client.history_max_publication_limit;
+        let max = match self.node.config.client.history_max_publication_limit {
+            0 => usize::MAX,
+            n => n,
+        };
         let limit = match req.limit {
             0 => 0,
             n if n < 0 => max,
@@ -871,7 +927,7 @@ impl Session {
                 if expire_at.is_some_and(|at| at <= now_millis() / 1000) {
                     return Err(ClientError::TOKEN_EXPIRED.into());
                 }
-                self.expire_at = expire_at;
+                self.set_expiry(expire_at);
                 let (expires, ttl) = Self::ttl(expire_at);
                 Ok(Some(Reply {
                     refresh: Some(proto::RefreshResult {
@@ -983,7 +1039,7 @@ impl Session {
                 if expired {
                     return Err(Disconnect::EXPIRED);
                 }
-                self.expire_at = expire_at.filter(|at| *at > 0);
+                self.set_expiry(expire_at.filter(|at| *at > 0));
                 let (expires, ttl) = Self::ttl(self.expire_at);
                 self.send(&Reply {
                     push: Some(proto::Push {

@@ -165,7 +165,10 @@ async fn server_pings_are_answered_and_silence_disconnects(enc: Encoding) {
 }
 
 async fn expired_connection_is_closed_with_3005(enc: Encoding) {
-    let server = TestServer::start(config()).await;
+    // No grace period: close as soon as the credentials expire.
+    let mut cfg = config();
+    cfg["client"] = json!({"expired_close_delay": "0s"});
+    let server = TestServer::start(cfg).await;
     let mut c = server.open(enc).await;
     let token = server.token_with(json!({"sub": "alice", "exp": now_secs() + 1}));
     let res = c.connect(&token).await;
