@@ -40,5 +40,72 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     config.compile_fds(files)?;
+    compile_grpc()?;
+    Ok(())
+}
+
+/// The gRPC services (see `src/transport/grpc.rs` and `src/grpc_api.rs`):
+/// - the server API (`api.proto`): messages, tonic server and client;
+/// - the client-facing streams (`unistream.proto`, `herald_stream.proto`): tonic clients
+///   from the `.proto` files (their messages are the client protocol's, reused through
+///   `extern_path`), and servers defined by hand (`tonic_build::manual`) with Herald's own
+///   codec, which writes the session queue's pre-encoded messages without re-encoding them.
+fn compile_grpc() -> Result<(), Box<dyn std::error::Error>> {
+    let api = protox::compile(["proto/api.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_transport(false)
+        .bytes(".")
+        .compile_fds(api)?;
+    let mut streams = protox::compile(
+        ["proto/unistream.proto", "proto/herald_stream.proto"],
+        ["proto"],
+    )?;
+    streams.file.retain(|f| f.name() != "client.proto");
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_transport(false)
+        .extern_path(".herald.client", "crate::protocol::proto")
+        .compile_fds(streams)?;
+    let method = |name: &str, route: &str, input: &str, output: &str| {
+        tonic_build::manual::Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type(input)
+            .output_type(output)
+            .codec_path("crate::transport::grpc::PreEncodedCodec")
+    };
+    let uni = tonic_build::manual::Service::builder()
+        .name("CentrifugoUniStream")
+        .package("centrifugal.centrifugo.unistream")
+        .method(
+            method(
+                "consume",
+                "Consume",
+                "crate::protocol::proto::ConnectRequest",
+                "crate::transport::grpc::PreEncoded",
+            )
+            .server_streaming()
+            .build(),
+        )
+        .build();
+    let bidi = tonic_build::manual::Service::builder()
+        .name("HeraldStream")
+        .package("herald.stream")
+        .method(
+            method(
+                "connect",
+                "Connect",
+                "crate::protocol::proto::Command",
+                "crate::transport::grpc::PreEncoded",
+            )
+            .client_streaming()
+            .server_streaming()
+            .build(),
+        )
+        .build();
+    tonic_build::manual::Builder::new()
+        .build_client(false)
+        .build_transport(false)
+        .compile(&[uni, bidi]);
     Ok(())
 }

@@ -33,7 +33,7 @@ fn api_error(e: ClientError) -> Value {
     json!({"error": {"code": e.code, "message": e.message}})
 }
 
-fn authorized(node: &Node, headers: &HeaderMap) -> bool {
+pub(crate) fn authorized(node: &Node, headers: &HeaderMap) -> bool {
     let cfg = &node.config.http_api;
     if cfg.insecure {
         return true;
@@ -401,7 +401,7 @@ async fn channels(node: &Node, r: ChannelsRequest) -> Result<Value, ClientError>
 }
 
 /// Glob match on bytes where `*` is any run of bytes.
-fn glob(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob(pattern: &str, text: &str) -> bool {
     fn go(p: &[u8], t: &[u8]) -> bool {
         match p.iter().position(|b| *b == b'*') {
             None => p == t,

@@ -147,7 +147,9 @@ pub struct Config {
     pub channel: ChannelConfig,
     /// The HTTP server API (`POST /api/<method>`).
     pub http_api: HttpApiConfig,
-    /// The gRPC server API. Default: disabled.
+    /// The gRPC server API (`centrifugal.centrifugo.api.CentrifugoApi`) on the main port,
+    /// authenticated with the HTTP API key. Default: **enabled** (Centrifugo: disabled).
+    #[serde(deserialize_with = "flag_default_true")]
     pub grpc_api: EnabledFlag,
     /// The bidirectional WebSocket transport (`/connection/websocket`), always on.
     pub websocket: WebsocketConfig,
@@ -164,7 +166,9 @@ pub struct Config {
     pub uni_sse: TransportConfig,
     /// Unidirectional HTTP streaming (`/connection/uni_http_stream`). Default: enabled.
     pub uni_http_stream: TransportConfig,
-    /// Unidirectional gRPC. Default: disabled.
+    /// Unidirectional gRPC (`CentrifugoUniStream/Consume`) on the main port.
+    /// Default: **enabled** (Centrifugo: disabled).
+    #[serde(deserialize_with = "flag_default_true")]
     pub uni_grpc: EnabledFlag,
     /// `health.enabled`. Herald serves `/health` whatever this says; the flag
     /// is kept for Centrifugo compatibility. Default: **enabled** (Centrifugo:
@@ -189,7 +193,7 @@ impl Default for Config {
             client: ClientConfig::default(),
             channel: ChannelConfig::default(),
             http_api: HttpApiConfig::default(),
-            grpc_api: EnabledFlag::default(),
+            grpc_api: EnabledFlag { enabled: true },
             websocket: WebsocketConfig::default(),
             sse: TransportConfig::default(),
             http_stream: TransportConfig::default(),
@@ -197,7 +201,7 @@ impl Default for Config {
             uni_websocket: TransportConfig::default(),
             uni_sse: TransportConfig::default(),
             uni_http_stream: TransportConfig::default(),
-            uni_grpc: EnabledFlag::default(),
+            uni_grpc: EnabledFlag { enabled: true },
             health: EnabledFlag { enabled: true },
             prometheus: EnabledFlag { enabled: true },
             node: NodeConfig::default(),
@@ -1836,7 +1840,7 @@ force_recovery = true
         assert_eq!(cfg.channel.user_separator, ",");
         assert!(cfg.health.enabled);
         assert!(cfg.prometheus.enabled);
-        assert!(!cfg.sse.enabled && !cfg.uni_grpc.enabled && !cfg.grpc_api.enabled);
+        assert!(cfg.sse.enabled && cfg.uni_grpc.enabled && cfg.grpc_api.enabled);
         assert!(!cfg.node.name.is_empty());
 
         let (loaded, warnings) = load_env(&[]).unwrap();

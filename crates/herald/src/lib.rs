@@ -19,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod grpc_api;
 pub mod hub;
 pub mod metrics;
 pub mod node;

@@ -85,7 +85,14 @@ pub fn router(node: Arc<Node>) -> Router {
     if cfg.prometheus.enabled {
         r = r.route("/metrics", get(metrics));
     }
-    r.with_state(node)
+    // gRPC services route by path (`/<package>.<Service>/<Method>`), so they share the port.
+    let grpc = transport::grpc::router(&node).merge(crate::grpc_api::router(&node));
+    r.with_state(node.clone())
+        .merge(grpc)
+        .layer(axum::middleware::from_fn_with_state(
+            node,
+            transport::cors::middleware,
+        ))
 }
 
 async fn health() -> impl IntoResponse {

@@ -54,7 +54,7 @@ struct SubState {
 /// already decoded.
 enum Inbound {
     Frame(Bytes),
-    Command(Command),
+    Command(Box<Command>),
 }
 
 /// An error while handling one command: an error reply, or the end of the connection.
@@ -155,7 +155,7 @@ impl Session {
     where
         S: Stream<Item = Result<Command, Disconnect>> + Unpin,
     {
-        self.run_inbound(inbound.map(|c| c.map(Inbound::Command)))
+        self.run_inbound(inbound.map(|c| c.map(|c| Inbound::Command(Box::new(c)))))
             .await
     }
 
@@ -189,7 +189,7 @@ impl Session {
                                 transport: self.transport.name,
                             })
                             .inc();
-                        if let Err(d) = self.handle_command(cmd).await {
+                        if let Err(d) = self.handle_command(*cmd).await {
                             break d;
                         }
                     }

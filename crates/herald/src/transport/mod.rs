@@ -1,7 +1,9 @@
 //! Transport adapters: each turns a socket or an HTTP request into a [`crate::session::Session`]
 //! and drains the session's queue back to the client. Adapters never import each other.
 
+pub mod cors;
 pub mod emulation;
+pub mod grpc;
 pub mod http_stream;
 pub mod sse;
 pub mod uni_http_stream;
