@@ -1,10 +1,14 @@
 #!/usr/bin/env node
 // Herald's own end-to-end test of the core client protocol, driven by the real centrifuge JS SDK (npm
-// `centrifuge@5`) over WebSocket. It needs a server with a `chat` namespace that allows subscribe, publish for
-// subscribers, history, presence and join/leave, with force_recovery, history_size >= 100 and history_ttl >= 60s.
+// `centrifuge@5`) over WebSocket, or over HTTP streaming or SSE (bidirectional emulation) with `--transport`. It
+// needs a server with a `chat` namespace that allows subscribe, publish for subscribers, history, presence and
+// join/leave, with force_recovery, history_size >= 100 and history_ttl >= 60s.
 //
 //   node tests/js/sdk_core.cjs --ws ws://127.0.0.1:PORT/connection/websocket --api http://127.0.0.1:PORT \
-//        --api-key KEY --token JWT [--user USER]
+//        --api-key KEY --token JWT [--user USER] [--transport websocket|http_stream|sse]
+//
+// With --transport http_stream or sse the SDK connects to --api's /connection/http_stream or /connection/sse and
+// sends later commands to its /emulation (SSE needs the `eventsource` package).
 //
 // The user defaults to the token's `sub` claim. Prints one line per check (`ok   name` or `FAIL name :: detail`)
 // and then exactly `N passed, M failed`; exits 1 on any failure. Every wait is bounded, and a watchdog ends the
@@ -18,6 +22,8 @@ function loadDeps() {
     return {
       Centrifuge: require('centrifuge').Centrifuge,
       WebSocket: require('ws'),
+      // Only the SSE transport needs an EventSource.
+      EventSource: process.argv.includes('sse') ? require('eventsource') : null,
     };
   } catch (e) {
     console.log(`cannot load the JS dependencies (${e.message}): run \`npm ci --prefix ${path.relative(process.cwd(), __dirname) || '.'}\``);
@@ -28,7 +34,9 @@ function loadDeps() {
 
 function parseArgs(argv) {
   const out = {};
-  const known = { '--ws': 'ws', '--api': 'api', '--api-key': 'apiKey', '--token': 'token', '--user': 'user' };
+  const known = {
+    '--ws': 'ws', '--api': 'api', '--api-key': 'apiKey', '--token': 'token', '--user': 'user', '--transport': 'transport',
+  };
   for (let i = 0; i < argv.length; i++) {
     const key = known[argv[i]];
     if (!key || i + 1 >= argv.length) {
@@ -41,11 +49,14 @@ function parseArgs(argv) {
   }
   out.api = out.api.replace(/\/+$/, '');
   if (!out.user) out.user = tokenSubject(out.token);
+  if (!out.transport) out.transport = 'websocket';
+  if (!['websocket', 'http_stream', 'sse'].includes(out.transport)) usage(`unknown --transport ${out.transport}`);
   return out;
 }
 
 function usage(msg) {
-  console.error(`${msg}\nusage: node sdk_core.cjs --ws URL --api BASE --api-key KEY --token TOKEN [--user USER]`);
+  console.error(`${msg}\nusage: node sdk_core.cjs --ws URL --api BASE --api-key KEY --token TOKEN [--user USER] ` +
+    '[--transport websocket|http_stream|sse]');
   process.exit(2);
 }
 
@@ -58,7 +69,7 @@ function tokenSubject(token) {
   }
 }
 
-const { Centrifuge, WebSocket } = loadDeps();
+const { Centrifuge, WebSocket, EventSource } = loadDeps();
 const args = parseArgs(process.argv.slice(2));
 const CHANNEL = `chat:sdk-${process.pid}`;
 const WATCHDOG_MS = 60000;
@@ -135,7 +146,14 @@ const dataOf = (pubs) => pubs.map((p) => (p.data && p.data.n !== undefined ? p.d
 
 // A client that records what it sees.
 function newClient(label) {
-  const c = new Centrifuge(args.ws, {
+  // WebSocket: the --ws URL. Emulation: one transport at --api, its later commands to --api's /emulation.
+  const endpoint = args.transport === 'websocket'
+    ? args.ws
+    : [{ transport: args.transport, endpoint: `${args.api}/connection/${args.transport}` }];
+  const emulation = args.transport === 'websocket' ? {} : { emulationEndpoint: `${args.api}/emulation` };
+  if (args.transport === 'sse') emulation.eventsource = EventSource;
+  const c = new Centrifuge(endpoint, {
+    ...emulation,
     token: args.token,
     websocket: WebSocket,
     name: `herald-sdk-core-${label}`,
@@ -168,14 +186,15 @@ function newSub(c, channel, opts) {
 
 async function main() {
   const user = args.user;
-  console.log(`# centrifuge-js over WebSocket against ${args.ws}, user ${JSON.stringify(user)}, channel ${CHANNEL}`);
+  const target = args.transport === 'websocket' ? args.ws : `${args.api} (${args.transport})`;
+  console.log(`# centrifuge-js over ${args.transport} against ${target}, user ${JSON.stringify(user)}, channel ${CHANNEL}`);
 
   // --- connect ---
   const c1 = newClient('a');
   c1.connect();
   const connected = await waitFor(() => c1.seen.connected.length === 1, 5000);
   const cctx = c1.seen.connected[0] || {};
-  check('connect with the token', connected && typeof cctx.client === 'string' && cctx.client.length > 0 && cctx.transport === 'websocket',
+  check('connect with the token', connected && typeof cctx.client === 'string' && cctx.client.length > 0 && cctx.transport === args.transport,
     { connected, ctx: cctx, state: c1.state, disconnected: c1.seen.disconnected, errors: c1.seen.errors.map((e) => e.error) });
   if (!connected) return;
   await channelFlow(c1, cctx.client);

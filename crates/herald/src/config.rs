@@ -233,6 +233,11 @@ pub struct HttpServerConfig {
     pub http2_keepalive_interval: Duration,
     /// Maximum concurrent streams per HTTP/2 connection. Default `1000`.
     pub http2_max_concurrent_streams: u32,
+    /// How long one socket write may stay blocked (the client stopped reading) before
+    /// the connection is closed. Frees the socket and its buffers of clients that
+    /// vanished without closing. Default `10s`.
+    #[serde(with = "duration")]
+    pub write_timeout: Duration,
 }
 
 impl Default for HttpServerConfig {
@@ -244,6 +249,7 @@ impl Default for HttpServerConfig {
             handshake_timeout: Duration::from_secs(10),
             http2_keepalive_interval: Duration::from_secs(30),
             http2_max_concurrent_streams: 1000,
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -984,6 +990,12 @@ impl Config {
         let tls = &self.http_server.tls;
         if tls.is_on() {
             tls.pem()?;
+        }
+        if self.http_server.write_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "http_server.write_timeout",
+                "must be greater than 0",
+            ));
         }
         if self.http_server.http2_max_concurrent_streams == 0 {
             return Err(ConfigError::invalid(

@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
@@ -205,6 +206,7 @@ impl Server {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let builder = connection_builder(&node.config);
         let handshake_timeout = node.config.http_server.handshake_timeout;
+        let write_timeout = node.config.http_server.write_timeout;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -219,6 +221,11 @@ impl Server {
                         }
                     };
                     let _ = stream.set_nodelay(true);
+                    // A write blocked this long means the client stopped reading: the
+                    // connection is closed rather than kept with its buffers forever.
+                    let mut stream = TimeoutStream::new(stream);
+                    stream.set_write_timeout(Some(write_timeout));
+                    let stream = Box::pin(stream);
                     let service = TowerToHyperService::new(app.clone());
                     match &tls {
                         None => {

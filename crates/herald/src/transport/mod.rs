@@ -310,26 +310,43 @@ impl Positions {
 }
 
 /// Formats stream positions as an SSE event id: entries `offset:epoch:channel` joined by
-/// `,`, with `%`, `,` and line breaks in channel names percent-encoded. Epochs never
-/// contain `:`, so the channel is everything after the second colon.
+/// `,`. In channel names `%`, `,`, spaces, control characters and every non-ASCII byte
+/// are percent-encoded (UTF-8 bytes), so the id is plain ASCII that any proxy passes
+/// through. Epochs never contain `:`, so the channel is everything after the second colon.
 pub fn sse_id<'a>(positions: impl Iterator<Item = (&'a str, u64, &'a str)>) -> String {
+    use std::fmt::Write;
     let mut out = String::new();
     for (i, (channel, offset, epoch)) in positions.enumerate() {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&format!("{offset}:{epoch}:"));
-        for ch in channel.chars() {
-            match ch {
-                '%' => out.push_str("%25"),
-                ',' => out.push_str("%2C"),
-                '\n' => out.push_str("%0A"),
-                '\r' => out.push_str("%0D"),
-                c => out.push(c),
+        let _ = write!(out, "{offset}:{epoch}:");
+        for b in channel.bytes() {
+            if b == b'%' || b == b',' || !(0x21..=0x7e).contains(&b) {
+                let _ = write!(out, "%{b:02X}");
+            } else {
+                out.push(b as char);
             }
         }
     }
     out
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Parses an SSE event id made by [`sse_id`]; malformed entries are skipped.
@@ -341,14 +358,9 @@ pub fn parse_sse_id(id: &str) -> HashMap<String, StreamPosition> {
         else {
             continue;
         };
-        let Ok(offset) = offset.parse::<u64>() else {
+        let (Ok(offset), Some(channel)) = (offset.parse::<u64>(), percent_decode(channel)) else {
             continue;
         };
-        let channel = channel
-            .replace("%2C", ",")
-            .replace("%0A", "\n")
-            .replace("%0D", "\r")
-            .replace("%25", "%");
         out.insert(
             channel,
             StreamPosition {
@@ -368,6 +380,9 @@ mod sse_id_tests {
     fn sse_ids_round_trip() {
         let id = sse_id([("chat:room,1%", 42, "ab12cd34"), ("news", 0, "ffff0000")].into_iter());
         assert_eq!(id, "42:ab12cd34:chat:room%2C1%25,0:ffff0000:news");
+        let id = sse_id([("rec:é x", 1, "e")].into_iter());
+        assert_eq!(id, "1:e:rec:%C3%A9%20x");
+        assert_eq!(parse_sse_id(&id)["rec:é x"].offset, 1);
         let back = parse_sse_id(&id);
         assert_eq!(
             back["chat:room,1%"],

@@ -53,7 +53,7 @@ pub async fn handler(
     };
     let last_event_id = headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .or_else(|| query.get("last_event_id").map(String::as_str))
         .unwrap_or("");
     let resume = parse_sse_id(last_event_id);
