@@ -218,11 +218,11 @@ impl Node {
             .ok_or(NodeError::UnknownChannel)
     }
 
-    fn publish_options(opts: &ChannelOptions) -> PublishOptions {
+    fn publish_options(&self, opts: &ChannelOptions) -> PublishOptions {
         PublishOptions {
             history_size: opts.history_size,
             history_ttl: opts.history_ttl,
-            history_meta_ttl: opts.history_meta_ttl,
+            history_meta_ttl: self.config.channel.effective_history_meta_ttl(opts),
         }
     }
 
@@ -237,7 +237,7 @@ impl Node {
         skip_history: bool,
     ) -> Result<StreamPosition, NodeError> {
         let opts = self.channel_options(channel)?;
-        let mut popts = Self::publish_options(opts);
+        let mut popts = self.publish_options(opts);
         if skip_history {
             popts.history_size = 0;
         }

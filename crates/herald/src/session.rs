@@ -25,6 +25,10 @@ use crate::node::Node;
 use crate::protocol::Encoding;
 use crate::protocol::proto::{self, Command, Reply};
 
+/// How often a session refreshes its presence entries; well within
+/// [`crate::node::PRESENCE_TTL`], so they live exactly as long as the connection.
+const PRESENCE_REFRESH: Duration = Duration::from_secs(25);
+
 /// What a transport tells the session about itself.
 #[derive(Clone, Copy, Debug)]
 pub struct TransportInfo {
@@ -93,6 +97,7 @@ pub struct Session {
     subs: HashMap<String, SubState>,
     stale_deadline: Option<Instant>,
     next_ping: Option<Instant>,
+    next_presence: Option<Instant>,
     pong_deadline: Option<Instant>,
 }
 
@@ -124,6 +129,7 @@ impl Session {
             subs: HashMap::new(),
             stale_deadline: Some(Instant::now() + stale_close_delay),
             next_ping: None,
+            next_presence: None,
             pong_deadline: None,
         }
     }
@@ -223,6 +229,7 @@ impl Session {
         [
             self.stale_deadline,
             self.next_ping,
+            self.next_presence,
             self.pong_deadline,
             self.expire_deadline,
         ]
@@ -253,6 +260,9 @@ impl Session {
                 self.pong_deadline = Some(now + cfg.pong_timeout);
             }
             self.next_ping = Some(now + cfg.ping_interval);
+        }
+        if self.next_presence.is_some_and(|d| d <= now) {
+            self.next_presence = Some(now + PRESENCE_REFRESH);
             self.refresh_presence().await;
         }
         Ok(())
@@ -581,6 +591,7 @@ impl Session {
                 .activate(&channel, &self.handle, None, covered);
             self.after_join(&channel).await;
         }
+        self.next_presence = Some(Instant::now() + PRESENCE_REFRESH);
         self.next_ping = (!cfg.client.ping_interval.is_zero())
             .then(|| Instant::now() + cfg.client.ping_interval);
         Ok(None)
@@ -679,8 +690,14 @@ impl Session {
         let node = self.node.clone();
         let opts = node.channel_options(channel)?;
         let history_on = opts.history_size > 0 && !opts.history_ttl.is_zero();
-        let recoverable = history_on && (opts.force_recovery || req.recoverable || req.recover);
-        let positioned = history_on && (recoverable || opts.force_positioning || req.positioned);
+        // As in Centrifugo: the namespace forces recovery/positioning, or allows clients
+        // to ask for it.
+        let recoverable = history_on
+            && (opts.force_recovery || (opts.allow_recovery && (req.recoverable || req.recover)));
+        let positioned = history_on
+            && (recoverable
+                || opts.force_positioning
+                || (opts.allow_positioning && req.positioned));
         let join_leave = opts.join_leave && (opts.force_push_join_leave || req.join_leave);
 
         node.hub_subscribe(channel, &self.handle, join_leave)

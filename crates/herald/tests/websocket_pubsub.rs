@@ -19,7 +19,7 @@ fn config() -> serde_json::Value {
             "without_namespace": {"allow_subscribe_for_client": true},
             "namespaces": [
                 {"name": "chat", "history_size": 10, "history_ttl": "300s",
-                 "allow_subscribe_for_client": true, "allow_publish_for_subscriber": true,
+                 "allow_recovery": true, "allow_subscribe_for_client": true, "allow_publish_for_subscriber": true,
                  "allow_history_for_subscriber": true},
                 {"name": "readonly", "allow_subscribe_for_client": true}
             ]

@@ -380,9 +380,9 @@ mod sse_id_tests {
     fn sse_ids_round_trip() {
         let id = sse_id([("chat:room,1%", 42, "ab12cd34"), ("news", 0, "ffff0000")].into_iter());
         assert_eq!(id, "42:ab12cd34:chat:room%2C1%25,0:ffff0000:news");
-        let id = sse_id([("rec:é x", 1, "e")].into_iter());
-        assert_eq!(id, "1:e:rec:%C3%A9%20x");
-        assert_eq!(parse_sse_id(&id)["rec:é x"].offset, 1);
+        let non_ascii = sse_id([("rec:é x", 1, "e")].into_iter());
+        assert_eq!(non_ascii, "1:e:rec:%C3%A9%20x");
+        assert_eq!(parse_sse_id(&non_ascii)["rec:é x"].offset, 1);
         let back = parse_sse_id(&id);
         assert_eq!(
             back["chat:room,1%"],

@@ -17,8 +17,6 @@ use crate::protocol::{Encoding, proto};
 use crate::session::{Session, TransportInfo};
 
 const NAME: &str = "uni_websocket";
-/// How long the client has to send its connect request.
-const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Accepts the upgrade and runs the connection.
 pub async fn handler(State(node): State<Arc<Node>>, mut req: Request) -> Response {
@@ -59,7 +57,8 @@ where
         false,
     ));
     let mut inbound = ws_common::inbound(stream);
-    let first = tokio::time::timeout(CONNECT_WAIT, inbound.next()).await;
+    // The client has `client.stale_close_delay` to send its connect request.
+    let first = tokio::time::timeout(node.config.client.stale_close_delay, inbound.next()).await;
     let connected = match first {
         Ok(Some(Ok(frame))) => match serde_json::from_slice::<proto::ConnectRequest>(&frame) {
             Ok(req) => {
