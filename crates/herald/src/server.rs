@@ -94,6 +94,24 @@ pub fn router(node: Arc<Node>) -> Router {
             node,
             transport::cors::middleware,
         ))
+        .layer(axum::middleware::from_fn(host_from_authority))
+}
+
+/// HTTP/2 requests carry the host in `:authority`, not in a `Host` header; copy it so
+/// that every same-origin check sees the host whatever the HTTP version.
+async fn host_from_authority(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if !req.headers().contains_key(http::header::HOST)
+        && let Some(value) = req
+            .uri()
+            .authority()
+            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(http::header::HOST, value);
+    }
+    next.run(req).await
 }
 
 async fn health() -> impl IntoResponse {

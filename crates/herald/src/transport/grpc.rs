@@ -252,8 +252,9 @@ impl HeraldStream for BidiStream {
         let failed = failure.clone();
         let inbound = request.into_inner().map(move |item| {
             item.map_err(|status| match status.code() {
-                // Not a Command (our decoder) or too large: the client's fault, say why.
-                Code::InvalidArgument | Code::ResourceExhausted => {
+                // Not a Command (our decoder) or too large (tonic says OutOfRange for a
+                // message over the decoding limit): the client's fault, say why.
+                Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange => {
                     *failed.lock() = Some(status);
                     Disconnect::BAD_REQUEST
                 }
