@@ -52,6 +52,9 @@ struct SubState {
     presence: bool,
     join_leave: bool,
     chan_info: Bytes,
+    /// When the subscription token runs out (plus `client.expired_close_delay`) unless
+    /// the client refreshes it with sub_refresh.
+    expire_deadline: Option<Instant>,
 }
 
 /// What a transport feeds a running session: frames to decode, or commands its framing
@@ -217,12 +220,18 @@ impl Session {
     /// `client.expired_close_delay` later, unless the client refreshes first.
     fn set_expiry(&mut self, expire_at: Option<i64>) {
         self.expire_at = expire_at;
-        self.expire_deadline = expire_at.map(|at| {
+        self.expire_deadline = self.expiry_deadline(expire_at);
+    }
+
+    /// The instant credentials expiring at `expire_at` (Unix seconds) close what they
+    /// protect: `client.expired_close_delay` later, unless refreshed first.
+    fn expiry_deadline(&self, expire_at: Option<i64>) -> Option<Instant> {
+        expire_at.map(|at| {
             let left_ms = (at * 1000 - now_millis()).max(0) as u64;
             Instant::now()
                 + Duration::from_millis(left_ms)
                 + self.node.config.client.expired_close_delay
-        });
+        })
     }
 
     fn next_deadline(&self) -> Instant {
@@ -234,6 +243,7 @@ impl Session {
             self.expire_deadline,
         ]
         .into_iter()
+        .chain(self.subs.values().map(|s| s.expire_deadline))
         .flatten()
         .min()
         .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
@@ -249,6 +259,13 @@ impl Session {
         }
         if self.expire_deadline.is_some_and(|d| d <= now) {
             return Err(Disconnect::EXPIRED);
+        }
+        if self
+            .subs
+            .values()
+            .any(|s| s.expire_deadline.is_some_and(|d| d <= now))
+        {
+            return Err(Disconnect::SUBSCRIPTION_EXPIRED);
         }
         if self.next_ping.is_some_and(|d| d <= now) {
             let cfg = &self.node.config.client;
@@ -662,8 +679,10 @@ impl Session {
             return Err(ClientError::LIMIT_EXCEEDED.into());
         }
         let opts = self.node.channel_options(&channel)?;
-        let (chan_info, _expire_at) = self.authorize_subscribe(&channel, opts, &req.token)?;
-        let (result, covered) = self.subscribe_core(&channel, &req, chan_info, None).await?;
+        let (chan_info, expire_at) = self.authorize_subscribe(&channel, opts, &req.token)?;
+        let (result, covered) = self
+            .subscribe_core(&channel, &req, chan_info, expire_at)
+            .await?;
         let reply = Reply {
             id: _id,
             subscribe: Some(result),
@@ -764,6 +783,7 @@ impl Session {
                 presence: opts.presence,
                 join_leave: opts.join_leave,
                 chan_info,
+                expire_deadline: self.expiry_deadline(expire_at),
             },
         );
         Ok((result, covered))
@@ -968,7 +988,12 @@ impl Session {
         }
         match self.node.sub_verifier.verify_subscribe(&req.token) {
             Ok(claims) if claims.channel == req.channel && claims.user == self.user => {
-                let (expires, ttl) = Self::ttl(claims.expire_at.filter(|at| *at > 0));
+                let expire_at = claims.expire_at.filter(|at| *at > 0);
+                let deadline = self.expiry_deadline(expire_at);
+                if let Some(sub) = self.subs.get_mut(&req.channel) {
+                    sub.expire_deadline = deadline;
+                }
+                let (expires, ttl) = Self::ttl(expire_at);
                 Ok(Some(Reply {
                     sub_refresh: Some(proto::SubRefreshResult { expires, ttl }),
                     ..Default::default()
