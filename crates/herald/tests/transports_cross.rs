@@ -8,6 +8,10 @@
 //! - TLS: the same transports over TLS, streaming ones over HTTP/2 (ALPN h2), uni_sse over
 //!   both HTTP/2 and HTTP/1.1, and curl `--http2` on uni_sse.
 //!
+//! On both runs, gRPC too: `CentrifugoUniStream/Consume` and `HeraldStream/Connect` with
+//! tonic clients (h2c, or ALPN h2 over TLS), and gRPC-Web `Consume` over HTTP/1.1 with
+//! hand-made `application/grpc-web+proto` frames.
+//!
 //! Adding a client is one function `fn(Ctx) -> BoxFut<Conn>` in one of the lists below: it
 //! connects and ends up subscribed to `ctx.channel` (bidirectional transports subscribe;
 //! unidirectional ones name the channel in the token's `channels` claim).
@@ -27,6 +31,7 @@ const CHANNEL: &str = "cross:room";
 
 fn config() -> Value {
     json!({
+        "uni_grpc": {"enabled": true},
         "channel": {"namespaces": [{
             "name": "cross", "history_size": 200, "history_ttl": "300s",
             "force_recovery": true, "allow_subscribe_for_client": true
@@ -179,6 +184,21 @@ fn curl_uni_sse_h2(ctx: Ctx) -> BoxFut<'static, Conn> {
     Box::pin(async move { streams::curl_uni_sse(&ctx.h2(), &ctx.uni(), ctx.tls.as_deref()).await })
 }
 
+fn grpc_consume(ctx: Ctx) -> BoxFut<'static, Conn> {
+    Box::pin(async move { streams::grpc_consume(&ctx.h2(), &ctx.uni()).await })
+}
+
+fn grpc_stream(ctx: Ctx) -> BoxFut<'static, Conn> {
+    Box::pin(async move {
+        let c = streams::grpc_stream(&ctx.h2(), &ctx.token).await;
+        subscribed(c, &ctx.channel).await
+    })
+}
+
+fn grpc_web_consume_h1(ctx: Ctx) -> BoxFut<'static, Conn> {
+    Box::pin(async move { streams::grpc_web_consume(&ctx.h1(), &ctx.uni()).await })
+}
+
 /// Clients of the plain run.
 fn plain_clients() -> Vec<Open> {
     vec![
@@ -196,6 +216,9 @@ fn plain_clients() -> Vec<Open> {
         curl_uni_http_stream_h2,
         curl_uni_sse_h1,
         curl_uni_sse_h2,
+        grpc_consume,
+        grpc_stream,
+        grpc_web_consume_h1,
     ]
 }
 
@@ -212,6 +235,9 @@ fn tls_clients() -> Vec<Open> {
         uni_sse_h1,
         uni_http_stream_h2,
         curl_uni_sse_h2,
+        grpc_consume,
+        grpc_stream,
+        grpc_web_consume_h1,
     ]
 }
 

@@ -1,11 +1,12 @@
-//! Recovery on every transport but gRPC: a client drops its connection, publications are
-//! made while it is away, and it comes back with its last position and gets exactly the
-//! missed ones, in order, none twice, then live ones again.
+//! Recovery on every transport: a client drops its connection, publications are made while
+//! it is away, and it comes back with its last position and gets exactly the missed ones,
+//! in order, none twice, then live ones again.
 //!
 //! How each comes back with its position:
-//! - bidirectional (WebSocket JSON/Protobuf, http_stream JSON/Protobuf, sse emulation):
-//!   subscribe with `recover`, `offset`, `epoch`;
-//! - uni_websocket, uni_http_stream, uni_sse: the ConnectRequest's
+//! - bidirectional (WebSocket JSON/Protobuf, http_stream JSON/Protobuf, sse emulation,
+//!   gRPC `HeraldStream/Connect` over h2c): subscribe with `recover`, `offset`, `epoch`;
+//! - uni_websocket, uni_http_stream, uni_sse, gRPC `CentrifugoUniStream/Consume` (tonic,
+//!   h2c): the ConnectRequest's
 //!   `subs: {channel: {recover, offset, epoch}}`, the channel being in the token's
 //!   `channels` claim;
 //! - uni_sse, as a browser's EventSource does: `Last-Event-ID` with the id of the last event
@@ -26,6 +27,7 @@ const MISSED: u64 = 5;
 
 fn config() -> Value {
     json!({
+        "uni_grpc": {"enabled": true},
         "channel": {"namespaces": [
             {"name": "rec", "history_size": 200, "history_ttl": "300s",
              "force_recovery": true, "allow_subscribe_for_client": true},
@@ -52,6 +54,10 @@ enum Kind {
     UniSseHeader,
     /// uni_sse coming back with the `last_event_id` query parameter.
     UniSseQuery,
+    /// gRPC `CentrifugoUniStream/Consume`, coming back with `subs` in the ConnectRequest.
+    GrpcConsume,
+    /// gRPC `HeraldStream/Connect`, coming back with a recovering subscribe.
+    GrpcStream,
 }
 
 /// How a client comes back.
@@ -103,6 +109,8 @@ async fn open(kind: Kind, server: &TestServer, channel: &str, back: Back<'_>) ->
         Kind::UniSseSubs | Kind::UniSseHeader | Kind::UniSseQuery => {
             uni(streams::uni_sse(&http, &req).await)
         }
+        Kind::GrpcConsume => uni(streams::grpc_consume(&Http::h2c(server.addr), &req).await),
+        Kind::GrpcStream => bidi(streams::grpc_stream(&Http::h2c(server.addr), &token).await).await,
     }
 }
 
@@ -241,6 +249,8 @@ recovery_tests!(
     uni_sse_recovers_from_connect_subs => UniSseSubs,
     uni_sse_resumes_from_last_event_id_header => UniSseHeader,
     uni_sse_resumes_from_last_event_id_query_param => UniSseQuery,
+    grpc_consume_recovers_from_connect_subs => GrpcConsume,
+    grpc_stream_recovers => GrpcStream,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

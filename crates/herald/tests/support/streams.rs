@@ -1,4 +1,4 @@
-//! Real clients for every transport but gRPC, reduced to one shape: an [`EventStream`] of
+//! Real clients for every transport, gRPC included, reduced to one shape: an [`EventStream`] of
 //! normalized [`Event`]s (connect results, subscribe replies, publications, disconnects,
 //! pings), so that a test can drive any transport the same way.
 //!
@@ -2060,3 +2060,276 @@ pub async fn curl_uni_sse(http: &Http, req: &UniConnect, tls: Option<&TlsFiles>)
 
 /// A boxed future, for lists of client constructors.
 pub type BoxFut<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+// ---------------------------------------------------------------------------------------
+// gRPC: tonic clients (Consume, HeraldStream) and gRPC-Web framed by hand
+// ---------------------------------------------------------------------------------------
+
+/// Path of the unidirectional gRPC stream.
+pub const GRPC_CONSUME_PATH: &str = "/centrifugal.centrifugo.unistream.CentrifugoUniStream/Consume";
+
+/// A JSON command as a Protobuf Command.
+pub fn command_from_json(cmd: &Value) -> proto::Command {
+    serde_json::from_value(cmd.clone())
+        .unwrap_or_else(|e| panic!("command {cmd} does not fit the schema: {e}"))
+}
+
+/// The Protobuf ConnectRequest of a unidirectional connect request.
+pub fn uni_connect_proto(req: &UniConnect) -> proto::ConnectRequest {
+    proto::ConnectRequest {
+        token: req.token.clone(),
+        name: "herald-tests".into(),
+        subs: req
+            .subs
+            .iter()
+            .map(|(ch, pos)| {
+                let sub = match pos {
+                    Some(p) => proto::SubscribeRequest {
+                        recover: true,
+                        offset: p.offset,
+                        epoch: p.epoch.clone(),
+                        ..Default::default()
+                    },
+                    None => proto::SubscribeRequest::default(),
+                };
+                (ch.clone(), sub)
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A tonic channel to the server over one connection made by `http` (h2c, or TLS with
+/// ALPN `h2` through the test's rustls config: the connector hands tonic the TLS stream,
+/// so tonic's own TLS support is not needed).
+pub async fn grpc_channel(http: &Http) -> tonic::transport::Channel {
+    assert_eq!(http.version, HttpVersion::H2, "gRPC needs HTTP/2");
+    let endpoint = tonic::transport::Endpoint::from_shared(http.url(""))
+        .unwrap_or_else(|e| panic!("gRPC endpoint {}: {e}", http.url("")));
+    let http = http.clone();
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let http = http.clone();
+        async move { Ok::<_, std::io::Error>(TokioIo::new(http.io().await)) }
+    });
+    tokio::time::timeout(WAIT, endpoint.connect_with_connector(connector))
+        .await
+        .expect("gRPC connect timed out")
+        .unwrap_or_else(|e| panic!("gRPC connect: {e:?}"))
+}
+
+fn grpc_end(status: &tonic::Status) -> String {
+    format!("gRPC status {:?}: {}", status.code(), status.message())
+}
+
+/// `CentrifugoUniStream/Consume` with tonic: the raw stream of pushes.
+pub async fn grpc_consume_raw(http: &Http, req: &UniConnect) -> Result<EventStream, tonic::Status> {
+    use herald::transport::grpc::client::unistream::centrifugo_uni_stream_client::CentrifugoUniStreamClient;
+    let mut client = CentrifugoUniStreamClient::new(grpc_channel(http).await);
+    let mut stream = tokio::time::timeout(WAIT, client.consume(uni_connect_proto(req)))
+        .await
+        .expect("Consume timed out")?
+        .into_inner();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let why = loop {
+            match stream.next().await {
+                None => break "gRPC stream ended with status OK".to_string(),
+                Some(Err(s)) => break grpc_end(&s),
+                Some(Ok(push)) => {
+                    let _ = tx.send(Msg::Event(push_from_proto(&push), None));
+                }
+            }
+        };
+        let _ = tx.send(Msg::End(why));
+    });
+    Ok(EventStream::new(
+        format!("grpc Consume/{}", http.describe()),
+        rx,
+        vec![task],
+    ))
+}
+
+/// A connected `CentrifugoUniStream/Consume` client (tonic).
+pub async fn grpc_consume(http: &Http, req: &UniConnect) -> Conn {
+    match grpc_consume_raw(http, req).await {
+        Ok(s) => Conn::after_connect(s, Commander::None).await,
+        Err(status) => panic!("Consume refused: {status:?}"),
+    }
+}
+
+/// A connected `HeraldStream/Connect` client (tonic): it connects with `token`; commands
+/// go through a [`Commander::Ws`] channel to the task that runs the call, which converts
+/// them to Protobuf Commands and answers pings (empty Replies) with empty Commands, as
+/// the WebSocket task does.
+pub async fn grpc_stream(http: &Http, token: &str) -> Conn {
+    use herald::transport::grpc::client::stream::herald_stream_client::HeraldStreamClient;
+    let mut client = HeraldStreamClient::new(grpc_channel(http).await);
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<proto::Command>();
+    out_tx
+        .send(command_from_json(&connect_command(token)))
+        .expect("request stream");
+    let outbound =
+        futures_util::stream::unfold(
+            out_rx,
+            |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+        );
+    let mut replies = tokio::time::timeout(WAIT, client.connect(outbound))
+        .await
+        .expect("HeraldStream/Connect timed out")
+        .unwrap_or_else(|s| panic!("HeraldStream/Connect refused: {s:?}"))
+        .into_inner();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<Value>();
+    let task = tokio::spawn(async move {
+        let mut cmds_open = true;
+        let why = loop {
+            tokio::select! {
+                cmd = cmd_rx.recv(), if cmds_open => match cmd {
+                    Some(cmd) => {
+                        if out_tx.send(command_from_json(&cmd)).is_err() {
+                            break "the gRPC request stream is closed".to_string();
+                        }
+                    }
+                    None => cmds_open = false,
+                },
+                msg = replies.next() => match msg {
+                    None => break "gRPC stream ended with status OK".to_string(),
+                    Some(Err(s)) => break grpc_end(&s),
+                    Some(Ok(reply)) => {
+                        let e = reply_from_proto(&reply);
+                        if e == Event::Ping {
+                            let _ = out_tx.send(proto::Command::default());
+                        }
+                        let _ = tx.send(Msg::Event(e, None));
+                    }
+                },
+            }
+        };
+        let _ = tx.send(Msg::End(why));
+    });
+    let events = EventStream::new(
+        format!("grpc HeraldStream/{}", http.describe()),
+        rx,
+        vec![task],
+    );
+    Conn::after_connect(events, Commander::Ws(cmd_tx)).await
+}
+
+/// One gRPC-Web data frame: flag 0, big-endian length, the message.
+pub fn grpc_web_frame(msg: &impl prost::Message) -> Bytes {
+    let body = msg.encode_to_vec();
+    let mut out = BytesMut::with_capacity(5 + body.len());
+    out.extend_from_slice(&[0]);
+    out.extend_from_slice(&u32::try_from(body.len()).expect("frame size").to_be_bytes());
+    out.extend_from_slice(&body);
+    out.freeze()
+}
+
+/// Splits complete gRPC-Web frames off `buf`: (is_trailer, payload).
+pub fn grpc_web_take_frames(buf: &mut BytesMut) -> Vec<(bool, Bytes)> {
+    let mut frames = Vec::new();
+    while buf.len() >= 5 {
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if buf.len() < 5 + len {
+            break;
+        }
+        let flag = buf[0];
+        buf.advance(5);
+        frames.push((flag & 0x80 != 0, buf.split_to(len).freeze()));
+    }
+    frames
+}
+
+/// gRPC-Web `Consume` (`application/grpc-web+proto`, as a browser sends it) over `http`:
+/// the raw stream of pushes (it ends at the trailers frame), or the refusal.
+pub async fn grpc_web_consume_raw(
+    http: &Http,
+    req: &UniConnect,
+) -> Result<EventStream, (StatusCode, String)> {
+    let r = http.request(
+        Method::POST,
+        GRPC_CONSUME_PATH,
+        &[
+            ("content-type", "application/grpc-web+proto"),
+            ("x-grpc-web", "1"),
+        ],
+        grpc_web_frame(&uni_connect_proto(req)),
+    );
+    let (resp, conn) = http.send(r).await;
+    let ct = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let grpc_status = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if resp.status() != StatusCode::OK
+        || !ct.starts_with("application/grpc-web")
+        || grpc_status.as_deref().is_some_and(|s| s != "0")
+    {
+        let status = resp.status();
+        let _guard = TaskGuard(vec![conn]);
+        return Err((
+            status,
+            format!(
+                "content-type {ct:?}, grpc-status {grpc_status:?}, grpc-message {:?}",
+                resp.headers().get("grpc-message")
+            ),
+        ));
+    }
+    let mut body = resp.into_body();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let _keep = TaskGuard(vec![conn]);
+        let mut buf = BytesMut::new();
+        let why = 'read: loop {
+            match body.frame().await {
+                None => break format!("response body ended ({} bytes pending)", buf.len()),
+                Some(Err(e)) => break format!("response body error: {e}"),
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    buf.extend_from_slice(&data);
+                    for (trailer, payload) in grpc_web_take_frames(&mut buf) {
+                        if trailer {
+                            break 'read format!(
+                                "gRPC-Web trailers: {:?}",
+                                String::from_utf8_lossy(&payload)
+                            );
+                        }
+                        match proto::Push::decode(payload.clone()) {
+                            Ok(push) => {
+                                let _ = tx.send(Msg::Event(push_from_proto(&push), None));
+                            }
+                            Err(e) => {
+                                break 'read format!(
+                                    "not a Protobuf Push ({e}): {:02x?}",
+                                    &payload[..payload.len().min(64)]
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let _ = tx.send(Msg::End(why));
+    });
+    Ok(EventStream::new(
+        format!("grpc-web Consume/{}", http.describe()),
+        rx,
+        vec![task],
+    ))
+}
+
+/// A connected gRPC-Web `Consume` client.
+pub async fn grpc_web_consume(http: &Http, req: &UniConnect) -> Conn {
+    match grpc_web_consume_raw(http, req).await {
+        Ok(s) => Conn::after_connect(s, Commander::None).await,
+        Err((status, text)) => panic!("gRPC-Web Consume refused: {status} {text}"),
+    }
+}
