@@ -182,6 +182,13 @@ pub struct Config {
     pub prometheus: EnabledFlag,
     /// This node's identity in a cluster.
     pub node: NodeConfig,
+    /// `demo.enabled`: serve the chat demo at `/` and demo connection tokens at
+    /// `POST /demo/token` (anyone may mint a token for any user: for trying Herald
+    /// out, never on a public server). Herald only (Centrifugo has no demo).
+    /// Default `false`; `herald serve --demo` turns it on.
+    pub demo: EnabledFlag,
+    /// The web console at `/console`, as Centrifugo's admin web interface.
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -205,6 +212,8 @@ impl Default for Config {
             health: EnabledFlag { enabled: true },
             prometheus: EnabledFlag { enabled: true },
             node: NodeConfig::default(),
+            demo: EnabledFlag::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -639,6 +648,33 @@ impl fmt::Debug for HttpApiConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpApiConfig")
             .field("key", &redacted(&self.key))
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+/// `admin.*`: the web console at `/console` (Centrifugo's admin keys). Off by default.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// Serve the console. Default `false`. Needs `password` unless `insecure`.
+    pub enabled: bool,
+    /// The password that logs in to the console (the `http_api.key` does too, when set).
+    pub password: String,
+    /// Signs console sessions (HMAC-SHA256). Empty: a random secret per process, so
+    /// sessions end when Herald restarts. Default empty.
+    pub secret: String,
+    /// Serve the console without a login. Only behind something that authenticates.
+    /// Default `false`.
+    pub insecure: bool,
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("enabled", &self.enabled)
+            .field("password", &redacted(&self.password))
+            .field("secret", &redacted(&self.secret))
             .field("insecure", &self.insecure)
             .finish()
     }
@@ -1100,6 +1136,12 @@ impl Config {
 
         if self.node.name.trim().is_empty() {
             return Err(ConfigError::invalid("node.name", "must not be empty"));
+        }
+        if self.admin.enabled && !self.admin.insecure && self.admin.password.is_empty() {
+            return Err(ConfigError::invalid(
+                "admin.password",
+                "must be set when admin.enabled is true (or set admin.insecure for a console without login)",
+            ));
         }
         Ok(())
     }
@@ -1854,6 +1896,7 @@ force_recovery = true
         assert!(cfg.prometheus.enabled);
         assert!(cfg.sse.enabled && cfg.uni_grpc.enabled && cfg.grpc_api.enabled);
         assert!(!cfg.node.name.is_empty());
+        assert!(!cfg.demo.enabled && !cfg.admin.enabled && !cfg.admin.insecure);
 
         let (loaded, warnings) = load_env(&[]).unwrap();
         assert_eq!(loaded, cfg);
@@ -1982,7 +2025,7 @@ force_recovery = true
                             "without_namespace": {"delta_publish": true}},
                 "client.subscription_token": 1,
                 "health": {"handler_prefix": "/h"},
-                "admin": {"enabled": true, "password": "p"},
+                "admin": {"enabled": true, "password": "p", "external": true},
                 "swagger": []
             }"#,
         )
@@ -1994,8 +2037,7 @@ force_recovery = true
             "unknown configuration key channel.without_namespace.delta_publish",
             "unknown configuration key client.subscription_token",
             "unknown configuration key health.handler_prefix",
-            "unknown configuration key admin.enabled",
-            "unknown configuration key admin.password",
+            "unknown configuration key admin.external",
             "unknown configuration key swagger",
         ];
         let mut got: Vec<&str> = warnings.iter().map(String::as_str).collect();
@@ -2215,6 +2257,35 @@ force_recovery = true
         assert!(cfg.sse.enabled);
     }
 
+    #[test]
+    fn demo_and_admin_sections() {
+        let (cfg, warnings) = load_str(
+            "json",
+            r#"{"demo": {"enabled": true}, "admin": {"enabled": true, "password": "pw", "secret": "s"}}"#,
+        )
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(cfg.demo.enabled && cfg.admin.enabled);
+        assert_eq!(
+            (cfg.admin.password.as_str(), cfg.admin.secret.as_str()),
+            ("pw", "s")
+        );
+
+        let (cfg, _) = load_env(&[
+            ("HERALD_DEMO_ENABLED", "true"),
+            ("HERALD_ADMIN_ENABLED", "1"),
+            ("HERALD_ADMIN_INSECURE", "true"),
+        ])
+        .unwrap();
+        assert!(cfg.demo.enabled && cfg.admin.enabled && cfg.admin.insecure);
+
+        let err = load_env(&[("HERALD_ADMIN_ENABLED", "true")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("admin.password: must be set"),
+            "{err}"
+        );
+    }
+
     fn with_namespace(options: ChannelOptions) -> Config {
         let mut cfg = Config::default();
         cfg.channel.namespaces.push(Namespace {
@@ -2360,6 +2431,19 @@ force_recovery = true
         let mut cfg = Config::default();
         cfg.node.name = " ".to_owned();
         assert_eq!(validation_error(&cfg), "node.name: must not be empty");
+
+        let mut cfg = Config::default();
+        cfg.admin.enabled = true;
+        assert!(
+            validation_error(&cfg).starts_with("admin.password: must be set when admin.enabled"),
+            "{}",
+            validation_error(&cfg)
+        );
+        cfg.admin.insecure = true;
+        cfg.validate().unwrap();
+        cfg.admin.insecure = false;
+        cfg.admin.password = "p".to_owned();
+        cfg.validate().unwrap();
 
         // Pings off: pong_timeout is not compared.
         let mut cfg = Config::default();
@@ -2537,8 +2621,11 @@ force_recovery = true
         let mut cfg = Config::default();
         cfg.client.token.hmac_secret_key = "top-secret-value".to_owned();
         cfg.http_api.key = "api-key-value".to_owned();
+        cfg.admin.password = "admin-password-value".to_owned();
+        cfg.admin.secret = "admin-secret-value".to_owned();
         let text = format!("{cfg:?}");
         assert!(!text.contains("top-secret-value") && !text.contains("api-key-value"));
+        assert!(!text.contains("admin-password-value") && !text.contains("admin-secret-value"));
         assert!(text.contains("<redacted>"));
     }
 }

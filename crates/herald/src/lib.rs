@@ -3,7 +3,7 @@
 //! Module map, top to bottom (imports only flow downwards; transports never import each
 //! other):
 //! - [`server`]: listeners, routing, graceful shutdown.
-//! - [`transport`] adapters and the server [`api`].
+//! - [`transport`] adapters, the server [`api`] and the [`web`] pages (chat demo, console).
 //! - [`session`]: one connection's state machine.
 //! - [`node`]: the composition root and server-side operations.
 //! - [`hub`] (local fan-out) and [`engine`] (broker and presence behind traits).
@@ -27,3 +27,4 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod transport;
+pub mod web;

@@ -90,6 +90,7 @@ pub fn router(node: Arc<Node>) -> Router {
     let grpc = transport::grpc::router(&node).merge(crate::grpc_api::router(&node));
     r.with_state(node.clone())
         .merge(grpc)
+        .merge(crate::web::router(node.clone()))
         .layer(axum::middleware::from_fn_with_state(
             node,
             transport::cors::middleware,

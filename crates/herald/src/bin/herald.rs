@@ -33,6 +33,10 @@ enum Command {
         /// Port to listen on (overrides http_server.port).
         #[arg(long)]
         port: Option<u16>,
+        /// Serve the chat demo at / (demo.enabled); adds a `chat` namespace for it when the
+        /// config has none. For trying Herald out: anyone can get a token for any nickname.
+        #[arg(long)]
+        demo: bool,
     },
     /// Print a connection JWT (HS256, signed with client.token.hmac_secret_key) for development.
     Gentoken {
@@ -124,6 +128,7 @@ fn run(cli: Cli) -> Result<(), String> {
             config,
             address,
             port,
+            demo,
         } => {
             let (mut cfg, warnings) = load(config.as_deref())?;
             let level = cli
@@ -142,6 +147,14 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             if let Some(p) = port {
                 cfg.http_server.port = p;
+            }
+            if demo {
+                cfg.demo.enabled = true;
+            }
+            if cfg.demo.enabled && herald::web::add_demo_namespace(&mut cfg) {
+                tracing::info!(
+                    "demo: added the `chat` namespace (history, recovery, presence, join/leave, publish for subscribers)"
+                );
             }
             if cfg.client.token.hmac_secret_key.is_empty()
                 && cfg.client.token.rsa_public_key.is_empty()
@@ -186,6 +199,21 @@ async fn serve(cfg: Config) -> Result<(), String> {
         version = env!("CARGO_PKG_VERSION"),
         "herald listening: WebSocket at ws{scheme}://{addr}/connection/websocket, SSE at http{scheme}://{addr}/connection/uni_sse, API at http{scheme}://{addr}/api"
     );
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        match addr {
+            std::net::SocketAddr::V6(a) => format!("[{}]", a.ip()),
+            std::net::SocketAddr::V4(a) => a.ip().to_string(),
+        }
+    };
+    let page = format!("http{scheme}://{host}:{}", addr.port());
+    if node.config.demo.enabled {
+        println!("Herald chat demo: open {page}/");
+    }
+    if node.config.admin.enabled {
+        println!("Herald console: {page}/console");
+    }
     server.run(shutdown_signal()).await;
     Ok(())
 }
