@@ -14,7 +14,7 @@ use herald::config::Config;
 )]
 struct Cli {
     /// Log level: error, warn, info, debug, trace (or a tracing filter). Overrides log.level.
-    #[arg(long, global = true, env = "HERALD_LOG_LEVEL")]
+    #[arg(long, global = true)]
     log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
