@@ -64,6 +64,14 @@ enum Inbound {
     Command(Box<Command>),
 }
 
+/// Channel operations whose permission the namespace options decide.
+#[derive(Clone, Copy)]
+enum Operation {
+    Publish,
+    Presence,
+    History,
+}
+
 /// An error while handling one command: an error reply, or the end of the connection.
 enum Failure {
     Reply(ClientError),
@@ -827,36 +835,43 @@ impl Session {
         }))
     }
 
-    fn allowed(
-        &self,
-        channel: &str,
-        for_subscriber: bool,
-        for_client: bool,
-        for_anonymous: bool,
-    ) -> bool {
-        if self.node.config.client.insecure {
-            return true;
-        }
-        if for_subscriber && self.subs.contains_key(channel) {
-            return true;
-        }
-        if self.user.is_empty() {
-            for_anonymous
+    /// Checks a channel operation against the namespace's `allow_<op>_for_subscriber`,
+    /// `_for_client` and `_for_anonymous` options; returns the namespace's options.
+    fn authorize(&self, channel: &str, op: Operation) -> Result<&ChannelOptions, Failure> {
+        let opts = self.node.channel_options(channel)?;
+        let (for_subscriber, for_client, for_anonymous) = match op {
+            Operation::Publish => (
+                opts.allow_publish_for_subscriber,
+                opts.allow_publish_for_client,
+                opts.allow_publish_for_anonymous,
+            ),
+            Operation::Presence => (
+                opts.allow_presence_for_subscriber,
+                opts.allow_presence_for_client,
+                opts.allow_presence_for_anonymous,
+            ),
+            Operation::History => (
+                opts.allow_history_for_subscriber,
+                opts.allow_history_for_client,
+                opts.allow_history_for_anonymous,
+            ),
+        };
+        let allowed = self.node.config.client.insecure
+            || (for_subscriber && self.subs.contains_key(channel))
+            || if self.user.is_empty() {
+                for_anonymous
+            } else {
+                for_client
+            };
+        if allowed {
+            Ok(opts)
         } else {
-            for_client
+            Err(ClientError::PERMISSION_DENIED.into())
         }
     }
 
     async fn on_publish(&mut self, req: proto::PublishRequest) -> Handled {
-        let opts = self.node.channel_options(&req.channel)?;
-        if !self.allowed(
-            &req.channel,
-            opts.allow_publish_for_subscriber,
-            opts.allow_publish_for_client,
-            opts.allow_publish_for_anonymous,
-        ) {
-            return Err(ClientError::PERMISSION_DENIED.into());
-        }
+        self.authorize(&req.channel, Operation::Publish)?;
         if req.data.is_empty() {
             return Err(ClientError::BAD_REQUEST
                 .with_message("data required")
@@ -878,15 +893,7 @@ impl Session {
     }
 
     async fn on_presence(&mut self, req: proto::PresenceRequest) -> Handled {
-        let opts = self.node.channel_options(&req.channel)?;
-        if !self.allowed(
-            &req.channel,
-            opts.allow_presence_for_subscriber,
-            opts.allow_presence_for_client,
-            opts.allow_presence_for_anonymous,
-        ) {
-            return Err(ClientError::PERMISSION_DENIED.into());
-        }
+        self.authorize(&req.channel, Operation::Presence)?;
         let presence = self.node.presence(&req.channel).await?;
         Ok(Some(Reply {
             presence: Some(proto::PresenceResult {
@@ -900,15 +907,7 @@ impl Session {
     }
 
     async fn on_presence_stats(&mut self, req: proto::PresenceStatsRequest) -> Handled {
-        let opts = self.node.channel_options(&req.channel)?;
-        if !self.allowed(
-            &req.channel,
-            opts.allow_presence_for_subscriber,
-            opts.allow_presence_for_client,
-            opts.allow_presence_for_anonymous,
-        ) {
-            return Err(ClientError::PERMISSION_DENIED.into());
-        }
+        self.authorize(&req.channel, Operation::Presence)?;
         let (num_clients, num_users) = self.node.presence_stats(&req.channel).await?;
         Ok(Some(Reply {
             presence_stats: Some(proto::PresenceStatsResult {
@@ -920,15 +919,7 @@ impl Session {
     }
 
     async fn on_history(&mut self, req: proto::HistoryRequest) -> Handled {
-        let opts = self.node.channel_options(&req.channel)?;
-        if !self.allowed(
-            &req.channel,
-            opts.allow_history_for_subscriber,
-            opts.allow_history_for_client,
-            opts.allow_history_for_anonymous,
-        ) {
-            return Err(ClientError::PERMISSION_DENIED.into());
-        }
+        self.authorize(&req.channel, Operation::History)?;
         let max = match self.node.config.client.history_max_publication_limit {
             0 => usize::MAX,
             n => n,
