@@ -204,40 +204,7 @@ fn chat_demo_and_console_in_headless_chromium() {
         .arg("--chromium")
         .arg(&chromium);
     let out = run_with_timeout(cmd, SCRIPT_TIMEOUT);
-    println!(
-        "--- node tests/browser/demo_e2e.cjs ({:.1} s) ---\n{}",
-        out.elapsed.as_secs_f64(),
-        out.stdout
-    );
-    if !out.stderr.trim().is_empty() {
-        println!("--- stderr ---\n{}", out.stderr);
-    }
-    let summary = out
-        .stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    let failures: Vec<&str> = out
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with("FAIL"))
-        .collect();
-    assert!(
-        out.status.is_some(),
-        "demo_e2e.cjs was killed after {SCRIPT_TIMEOUT:?}"
-    );
-    assert!(
-        out.status.is_some_and(|s| s.success())
-            && summary.ends_with(" 0 failed")
-            && !summary.starts_with("0 passed"),
-        "demo_e2e.cjs failed ({:?}), summary {summary:?}:\n{}\n{}",
-        out.status,
-        failures.join("\n"),
-        out.stderr
-    );
+    out.assert_all_checks_passed("node tests/browser/demo_e2e.cjs");
 }
 
 /// Without `--demo` and without `admin.enabled`, none of the pages or their endpoints exist.

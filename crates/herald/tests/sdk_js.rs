@@ -55,38 +55,5 @@ fn centrifuge_js_sdk_core_flow_against_herald() {
         .arg("--user")
         .arg("alice");
     let out = run_with_timeout(cmd, SCRIPT_TIMEOUT);
-
-    println!(
-        "--- node tests/js/sdk_core.cjs ({:.1} s) ---\n{}",
-        out.elapsed.as_secs_f64(),
-        out.stdout
-    );
-    if !out.stderr.trim().is_empty() {
-        println!("--- stderr ---\n{}", out.stderr);
-    }
-    let summary = out
-        .stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    let failures: Vec<&str> = out
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with("FAIL"))
-        .collect();
-    assert!(
-        out.status.is_some(),
-        "sdk_core.cjs was killed after {SCRIPT_TIMEOUT:?}"
-    );
-    assert!(
-        out.status.is_some_and(|s| s.success())
-            && summary.ends_with(" 0 failed")
-            && !summary.starts_with("0 passed"),
-        "sdk_core.cjs failed ({:?}), summary {summary:?}:\n{}",
-        out.status,
-        failures.join("\n")
-    );
+    out.assert_all_checks_passed("node tests/js/sdk_core.cjs");
 }

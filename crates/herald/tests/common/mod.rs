@@ -282,6 +282,46 @@ pub struct RunOutput {
     pub elapsed: Duration,
 }
 
+impl RunOutput {
+    /// Prints a check script's output, then asserts that it ran to the end and that its
+    /// last line is a summary `N passed, 0 failed` with N > 0. `name` names the script.
+    pub fn assert_all_checks_passed(&self, name: &str) {
+        println!(
+            "--- {name} ({:.1} s) ---\n{}",
+            self.elapsed.as_secs_f64(),
+            self.stdout
+        );
+        if !self.stderr.trim().is_empty() {
+            println!("--- stderr ---\n{}", self.stderr);
+        }
+        let summary = self
+            .stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
+        let failures: Vec<&str> = self
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("FAIL"))
+            .collect();
+        assert!(
+            self.status.is_some(),
+            "{name} was killed: it ran past its time limit"
+        );
+        assert!(
+            self.status.is_some_and(|s| s.success())
+                && summary.ends_with(" 0 failed")
+                && !summary.starts_with("0 passed"),
+            "{name} failed ({:?}), summary {summary:?}:\n{}\n{}",
+            self.status,
+            failures.join("\n"),
+            self.stderr
+        );
+    }
+}
+
 /// Runs `cmd` with stdout and stderr captured; kills it when it outlives `timeout`.
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> RunOutput {
     let started = Instant::now();
