@@ -117,27 +117,7 @@ async function waitFor(pred, ms) {
   }
 }
 
-async function api(method, body) {
-  const controller = new AbortController();
-  const timer = setTimeout(() => controller.abort(), 5000);
-  try {
-    const res = await fetch(`${args.base}/api/${method}`, {
-      method: 'POST',
-      headers: { 'X-API-Key': args['api-key'], 'Content-Type': 'application/json' },
-      body: JSON.stringify(body),
-      signal: controller.signal,
-    });
-    const text = await res.text();
-    let json = null;
-    try { json = JSON.parse(text); } catch (_) { /* reported by apiOk */ }
-    return { status: res.status, json, text };
-  } catch (e) {
-    return { status: 0, json: null, text: String(e) };
-  } finally {
-    clearTimeout(timer);
-  }
-}
-const apiOk = (r) => r.status === 200 && r.json !== null && !r.json.error && typeof r.json.result === 'object';
+const { api, apiOk } = require('./server_api.cjs').serverApi(args.base, args['api-key']);
 
 async function publishAll(channel, ns, tag) {
   const bad = [];
