@@ -2,6 +2,7 @@
 # Herald and Centrifugo side by side, on this machine, in one run.
 #
 #   bench/compare.sh [--quick] [--scenarios "idle fanout channels reconnect payload"] [--results DIR] [--no-doc]
+#                    [--args SCENARIO="herald-bench arguments"]...
 #
 # 1. Finds Centrifugo v6.9.1 (PATH, then $(go env GOPATH)/bin), or installs it with
 #    `go install github.com/centrifugal/centrifugo/v6@v6.9.1`.
@@ -16,6 +17,7 @@
 #
 # --quick uses small numbers (seconds, hundreds of connections): a check that everything works,
 # not figures to quote. Without it the run takes several minutes per server.
+# --args replaces one scenario's preset, e.g. --args fanout="--subscribers 1000 --max-rate 2000".
 # Everything runs on 127.0.0.1/8 and stops by itself; servers are stopped on exit.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -25,12 +27,14 @@ QUICK=0
 SCENARIOS="idle fanout channels reconnect payload"
 RESULTS=""
 WRITE_DOC=1
+declare -A ARGS_OVERRIDE=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --scenarios) SCENARIOS=$2; shift ;;
     --results) RESULTS=$2; shift ;;
     --no-doc) WRITE_DOC=0 ;;
+    --args) ARGS_OVERRIDE[${2%%=*}]=${2#*=}; shift ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -201,6 +205,9 @@ for scenario in $SCENARIOS; do
     payload) ARGS=("${PAYLOAD_ARGS[@]}") ;;
     *) log "unknown scenario $scenario"; exit 2 ;;
   esac
+  if [ -n "${ARGS_OVERRIDE[$scenario]:-}" ]; then
+    read -r -a ARGS <<< "$scenario ${ARGS_OVERRIDE[$scenario]}"
+  fi
   for server in herald centrifugo; do
     start_server "$server"
     COMMON=(--addr "127.0.0.1:$PORT" --api-key "$API_KEY" --secret "$SECRET"

@@ -197,7 +197,9 @@ impl Publishers {
         let n_channels = self.channels.len();
         loop {
             if let Some(iv) = interval {
-                let due = start + iv.mul_f64(k as f64);
+                // Publishers take turns (phase p/count of the interval): started in step, they
+                // would publish in bursts of `count`, and a burst is not the rate asked for.
+                let due = start + iv.mul_f64(k as f64 + f64::from(p) / f64::from(self.count));
                 if due >= end {
                     break;
                 }
