@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald::engine::Publication;
-use herald::hub::{ClientHandle, Control, Hub};
+use herald::hub::{ClientHandle, Hub};
 use herald::protocol::Encoding;
-use tokio::sync::mpsc;
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -66,25 +65,18 @@ const SCENARIOS: [Scenario; 3] = [
 struct Setup {
     hub: Hub,
     clients: Vec<Arc<ClientHandle>>,
-    _controls: Vec<mpsc::Receiver<Control>>,
 }
 
 fn setup(scenario: &Scenario) -> Setup {
     let hub = Hub::new();
     let mut clients = Vec::with_capacity(SUBSCRIBERS);
-    let mut controls = Vec::with_capacity(SUBSCRIBERS);
     for i in 0..SUBSCRIBERS {
-        let (client, control) = hub.new_client((scenario.encoding_of)(i), MAX_QUEUE_BYTES);
+        let client = hub.new_client((scenario.encoding_of)(i), MAX_QUEUE_BYTES);
         hub.add_subscriber(CHANNEL, &client, false);
         hub.activate(CHANNEL, &client, None, 0);
         clients.push(client);
-        controls.push(control);
     }
-    Setup {
-        hub,
-        clients,
-        _controls: controls,
-    }
+    Setup { hub, clients }
 }
 
 fn publication(offset: u64) -> Publication {

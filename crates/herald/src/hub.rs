@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{ClientInfo, Publication};
@@ -64,6 +64,43 @@ pub enum Control {
 
 /// Bound on pending control messages per session; they are rare.
 const CONTROL_QUEUE: usize = 64;
+
+/// A session's inbox of [`Control`] messages. Controls are rare, so the inbox allocates
+/// nothing until one arrives: a channel would allocate a block of slots for every
+/// connection up front, about 1.3 KiB each, most of them never used.
+#[derive(Debug, Default)]
+pub struct ControlInbox {
+    queue: Mutex<VecDeque<Control>>,
+    /// Wakes the session; a permit is kept when it is not waiting, so none is lost.
+    arrived: Notify,
+    /// Wakes senders waiting for room.
+    room: Notify,
+}
+
+impl ControlInbox {
+    fn try_push(&self, msg: Control) -> Result<(), Control> {
+        let mut q = self.queue.lock();
+        if q.len() >= CONTROL_QUEUE {
+            return Err(msg);
+        }
+        q.push_back(msg);
+        drop(q);
+        self.arrived.notify_one();
+        Ok(())
+    }
+
+    /// The next control message, waiting for one.
+    pub async fn recv(&self) -> Control {
+        loop {
+            let next = self.queue.lock().pop_front();
+            if let Some(msg) = next {
+                self.room.notify_waiters();
+                return msg;
+            }
+            self.arrived.notified().await;
+        }
+    }
+}
 
 /// Where a queued publication sits in its channel stream. Transports that write
 /// resumable positions beside each event (uni SSE `id:`) read these; others ignore them.
@@ -222,7 +259,8 @@ pub struct ClientHandle {
     /// Outbound queue.
     pub queue: ClientQueue,
     user: Mutex<String>,
-    control: mpsc::Sender<Control>,
+    /// Control messages for the session (see [`ControlInbox`]).
+    pub inbox: ControlInbox,
 }
 
 impl ClientHandle {
@@ -234,12 +272,29 @@ impl ClientHandle {
     /// Hands commands that arrived by another path (emulation) to the session, waiting
     /// for room in its inbox. False when the session is gone.
     pub async fn send_frame(&self, frame: Bytes) -> bool {
-        !self.queue.is_closed() && self.control.send(Control::Frame(frame)).await.is_ok()
+        let mut msg = Control::Frame(frame);
+        loop {
+            if self.queue.is_closed() {
+                return false;
+            }
+            // Registered before trying, so a pop between the try and the wait still wakes us.
+            let room = self.inbox.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.inbox.try_push(msg) {
+                Ok(()) => return true,
+                Err(back) => msg = back,
+            }
+            tokio::select! {
+                _ = room => {}
+                _ = self.queue.closed() => return false,
+            }
+        }
     }
 
     /// Sends a control message to the session; a session that cannot keep up is closed.
     pub fn control(&self, msg: Control) {
-        if self.control.try_send(msg).is_err() {
+        if self.inbox.try_push(msg).is_err() {
             self.queue.close(Disconnect::SLOW);
         }
     }
@@ -326,21 +381,15 @@ impl Hub {
         }
     }
 
-    /// Creates a client handle with its queue; the receiver is the session's control inbox.
-    pub fn new_client(
-        &self,
-        encoding: Encoding,
-        max_queue_bytes: usize,
-    ) -> (Arc<ClientHandle>, mpsc::Receiver<Control>) {
-        let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
-        let handle = Arc::new(ClientHandle {
+    /// Creates a client handle with its queue and control inbox.
+    pub fn new_client(&self, encoding: Encoding, max_queue_bytes: usize) -> Arc<ClientHandle> {
+        Arc::new(ClientHandle {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             client: uuid::Uuid::new_v4().to_string(),
             queue: ClientQueue::new(encoding, max_queue_bytes),
             user: Mutex::new(String::new()),
-            control: tx,
-        });
-        (handle, rx)
+            inbox: ControlInbox::default(),
+        })
     }
 
     /// Registers an authenticated client under its user.
@@ -584,7 +633,7 @@ mod tests {
     #[tokio::test]
     async fn pending_subscription_releases_after_reply_without_duplicates() {
         let hub = Hub::new();
-        let (c, _rx) = hub.new_client(Encoding::Json, 1 << 20);
+        let c = hub.new_client(Encoding::Json, 1 << 20);
         hub.add_subscriber("ch", &c, false);
         hub.broadcast_publication("ch", &publication(4), "e");
         hub.broadcast_publication("ch", &publication(5), "e");
@@ -616,13 +665,13 @@ mod tests {
         let clients: Vec<_> = (0..3)
             .map(|_| hub.new_client(Encoding::Protobuf, 1 << 20))
             .collect();
-        for (c, _) in &clients {
+        for c in &clients {
             hub.add_subscriber("ch", c, false);
             hub.activate("ch", c, None, 0);
         }
         assert_eq!(hub.broadcast_publication("ch", &publication(1), "e"), 3);
         let mut ptrs = Vec::new();
-        for (c, _) in &clients {
+        for c in &clients {
             let b = c.queue.next_batch().await;
             ptrs.push(b.items[0].as_ptr());
         }
@@ -635,7 +684,7 @@ mod tests {
     #[tokio::test]
     async fn overflowing_queue_closes_with_slow() {
         let hub = Hub::new();
-        let (c, _rx) = hub.new_client(Encoding::Json, 64);
+        let c = hub.new_client(Encoding::Json, 64);
         hub.add_subscriber("ch", &c, false);
         hub.activate("ch", &c, None, 0);
         for i in 1..=10 {

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::auth::TokenError;
@@ -96,7 +95,6 @@ type Handled = Result<Option<Reply>, Failure>;
 pub struct Session {
     node: Arc<Node>,
     handle: Arc<ClientHandle>,
-    control: mpsc::Receiver<Control>,
     transport: TransportInfo,
     connected: bool,
     resume: HashMap<String, StreamPosition>,
@@ -116,7 +114,7 @@ impl Session {
     /// A new, not yet connected session with its own outbound queue.
     pub fn new(node: Arc<Node>, transport: TransportInfo) -> Session {
         let stale_close_delay = node.config.client.stale_close_delay;
-        let (handle, control) = node
+        let handle = node
             .hub
             .new_client(transport.encoding, node.config.client.max_queue_size);
         node.metrics
@@ -128,7 +126,6 @@ impl Session {
         Session {
             node,
             handle,
-            control,
             transport,
             connected: false,
             resume: HashMap::new(),
@@ -176,6 +173,9 @@ impl Session {
             .await
     }
 
+    // The handlers below are boxed: awaited inline, the largest of them (connect and
+    // subscribe with their engine calls) would size the state every idle connection keeps
+    // for its whole life; boxed, a connection pays one short-lived allocation per command.
     async fn run_inbound<S>(mut self, mut inbound: S) -> Disconnect
     where
         S: Stream<Item = Result<Inbound, Disconnect>> + Unpin,
@@ -187,14 +187,14 @@ impl Session {
                 _ = self.handle.queue.closed() => {
                     break self.handle.queue.close_reason().unwrap_or(Disconnect::CONNECTION_CLOSED);
                 }
-                Some(ctrl) = self.control.recv() => {
-                    if let Err(d) = self.handle_control(ctrl).await {
+                ctrl = self.handle.inbox.recv() => {
+                    if let Err(d) = Box::pin(self.handle_control(ctrl)).await {
                         break d;
                     }
                 }
                 frame = inbound.next() => match frame {
                     Some(Ok(Inbound::Frame(bytes))) => {
-                        if let Err(d) = self.handle_frame(&bytes).await {
+                        if let Err(d) = Box::pin(self.handle_frame(&bytes)).await {
                             break d;
                         }
                     }
@@ -206,7 +206,7 @@ impl Session {
                                 transport: self.transport.name,
                             })
                             .inc();
-                        if let Err(d) = self.handle_command(*cmd).await {
+                        if let Err(d) = Box::pin(self.handle_command(*cmd)).await {
                             break d;
                         }
                     }
@@ -214,13 +214,13 @@ impl Session {
                     None => break Disconnect::CONNECTION_CLOSED,
                 },
                 _ = tokio::time::sleep_until(deadline) => {
-                    if let Err(d) = self.on_timer().await {
+                    if let Err(d) = Box::pin(self.on_timer()).await {
                         break d;
                     }
                 }
             }
         };
-        self.close(&reason).await;
+        Box::pin(self.close(&reason)).await;
         reason
     }
 
