@@ -1,15 +1,15 @@
 //! `herald-bench`: see `herald-bench --help` and docs/benchmarks.md.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use herald_bench::clients::{Target, Transport};
 use herald_bench::publisher::PublishApi;
-use herald_bench::report;
 use herald_bench::scenario::{self, Common, Report, Scenario, Trigger};
+use herald_bench::{report, table};
 
 #[derive(Parser)]
 #[command(
@@ -146,6 +146,20 @@ enum Cmd {
         #[arg(long)]
         doc: Option<PathBuf>,
     },
+    /// Writes the measured rows of the transport table (docs/transports.md) from a directory of
+    /// `<transport>-<scenario>.json` results (bench/transports.sh).
+    TransportsTable {
+        /// Directory of the JSON results (`websocket-idle.json`, `uni_grpc-fanout.json`, ...)
+        /// and of notes on runs without one (`<transport>-<scenario>.note`).
+        #[arg(long)]
+        results: PathBuf,
+        /// File whose generated section is replaced (printed to stdout when absent).
+        #[arg(long)]
+        doc: Option<PathBuf>,
+        /// Markdown written before the table (date, machine, revision, pinning).
+        #[arg(long)]
+        preamble: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -276,6 +290,11 @@ fn main() -> ExitCode {
             preamble,
             doc,
         } => return compare(&herald, &other, preamble, doc),
+        Cmd::TransportsTable {
+            results,
+            doc,
+            preamble,
+        } => return transports_table(&results, preamble, doc),
         Cmd::Idle {
             common,
             connections,
@@ -452,6 +471,55 @@ fn compare(
             let old = std::fs::read_to_string(&path).unwrap_or_default();
             if let Err(e) = std::fs::write(&path, report::splice(&old, &text)) {
                 eprintln!("herald-bench compare: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn transports_table(results: &Path, preamble: Option<PathBuf>, doc: Option<PathBuf>) -> ExitCode {
+    let found = match table::load_dir(results) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("herald-bench transports-table: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if found.reports.is_empty() {
+        eprintln!(
+            "herald-bench transports-table: no <transport>-<scenario>.json in {}",
+            results.display()
+        );
+        return ExitCode::from(2);
+    }
+    let mut text = match preamble {
+        Some(p) => match std::fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("herald-bench transports-table: {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => String::new(),
+    };
+    if !text.is_empty() && !text.ends_with("\n\n") {
+        text.push_str(if text.ends_with('\n') { "\n" } else { "\n\n" });
+    }
+    text.push_str(&table::render(&found));
+    match doc {
+        None => print!("{text}"),
+        Some(path) => {
+            let old = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("herald-bench transports-table: {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let new = report::splice_between(&old, table::BEGIN, table::END, &text);
+            if let Err(e) = std::fs::write(&path, new) {
+                eprintln!("herald-bench transports-table: {}: {e}", path.display());
                 return ExitCode::from(2);
             }
         }

@@ -583,10 +583,19 @@ pub fn compare(herald: &[Report], other: &[Report]) -> String {
 /// Replaces the text between [`BEGIN`] and [`END`] in `doc` (appends the section when the
 /// markers are missing).
 pub fn splice(doc: &str, generated: &str) -> String {
-    let body = format!("{BEGIN}\n{}\n{END}", generated.trim_end());
-    match (doc.find(BEGIN), doc.find(END)) {
-        (Some(a), Some(b)) if b > a => format!("{}{}{}", &doc[..a], body, &doc[b + END.len()..]),
-        _ => format!("{}\n\n{body}\n", doc.trim_end()),
+    splice_between(doc, BEGIN, END, generated)
+}
+
+/// Replaces the text between the markers `begin` and `end` in `doc`, markers kept (appends
+/// the markers and the text when they are missing).
+pub fn splice_between(doc: &str, begin: &str, end: &str, generated: &str) -> String {
+    let body = format!("{begin}\n{}\n{end}", generated.trim_end());
+    match doc.find(begin) {
+        Some(a) => match doc[a..].find(end) {
+            Some(b) => format!("{}{}{}", &doc[..a], body, &doc[a + b + end.len()..]),
+            None => format!("{}\n\n{body}\n", doc.trim_end()),
+        },
+        None => format!("{}\n\n{body}\n", doc.trim_end()),
     }
 }
 
