@@ -144,6 +144,15 @@ pub struct Batch {
     pub close: Option<Disconnect>,
 }
 
+impl Batch {
+    /// Empties the batch, keeping its capacity; drops the references to the messages.
+    pub fn clear(&mut self) {
+        self.items.clear();
+        self.tags.clear();
+        self.close = None;
+    }
+}
+
 impl ClientQueue {
     fn new(encoding: Encoding, max_bytes: usize) -> Self {
         ClientQueue {
@@ -225,24 +234,29 @@ impl ClientQueue {
 
     /// Waits for messages or a close, then takes everything queued (write coalescing).
     pub async fn next_batch(&self) -> Batch {
+        let mut batch = Batch::default();
+        self.next_batch_into(&mut batch).await;
+        batch
+    }
+
+    /// As [`ClientQueue::next_batch`], into a batch the writer keeps from one write to the
+    /// next, so that a delivery allocates nothing once the batch has grown to the usual size.
+    pub async fn next_batch_into(&self, batch: &mut Batch) {
+        batch.clear();
         loop {
             let notified = self.notify.notified();
             {
                 let mut st = self.state.lock();
                 if !st.items.is_empty() || st.close.is_some() {
                     st.bytes = 0;
-                    let mut batch = Batch {
-                        items: Vec::with_capacity(st.items.len()),
-                        tags: Vec::new(),
-                        close: st.close.clone(),
-                    };
+                    batch.close = st.close.clone();
                     for (i, (bytes, tags)) in st.items.drain(..).enumerate() {
                         batch.items.push(bytes);
                         if let Some(t) = tags {
                             batch.tags.push((i, t));
                         }
                     }
-                    return batch;
+                    return;
                 }
             }
             notified.await;

@@ -30,7 +30,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::{Initial, start_session};
 use crate::error::Disconnect;
-use crate::hub::ClientHandle;
+use crate::hub::{Batch, ClientHandle};
 use crate::metrics::TransportLabel;
 use crate::node::Node;
 use crate::protocol::{Encoding, Reply, proto};
@@ -285,6 +285,8 @@ impl Drop for CloseOnDrop {
 struct Outbound {
     guard: CloseOnDrop,
     pending: VecDeque<Bytes>,
+    /// Reused from one queue read to the next.
+    batch: Batch,
     /// Set once the queue is closed: how the call ends after `pending`.
     end: Option<Result<(), Status>>,
 }
@@ -306,6 +308,7 @@ fn queue_stream(
     let state = Outbound {
         guard: CloseOnDrop(handle),
         pending: VecDeque::new(),
+        batch: Batch::default(),
         end: None,
     };
     futures_util::stream::unfold(state, move |mut st| {
@@ -326,15 +329,15 @@ fn queue_stream(
                     None => {}
                 }
                 let queue = &st.guard.0.queue;
-                let batch = queue.next_batch().await;
-                sent.inc_by(batch.items.len() as u64);
-                for item in &batch.items {
-                    if let Err(status) = split_delimited(item, &mut st.pending) {
+                queue.next_batch_into(&mut st.batch).await;
+                sent.inc_by(st.batch.items.len() as u64);
+                for item in st.batch.items.drain(..) {
+                    if let Err(status) = split_delimited(&item, &mut st.pending) {
                         st.end = Some(Err(status));
                         break;
                     }
                 }
-                if let Some(d) = batch.close {
+                if let Some(d) = st.batch.close.take() {
                     if d != Disconnect::CONNECTION_CLOSED
                         && let Some(bytes) = queue.encoding().encode_reply(&disconnect_push(&d))
                     {

@@ -107,7 +107,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::engine::StreamPosition;
 use crate::error::Disconnect;
-use crate::hub::{ClientHandle, Tags};
+use crate::hub::{Batch, ClientHandle, Tags};
 use crate::metrics::TransportLabel;
 use crate::node::Node;
 use crate::protocol::{Encoding, Reply, proto};
@@ -202,46 +202,53 @@ pub fn queue_body(
         .get_or_create(&TransportLabel { transport })
         .clone();
     let encoding = handle.queue.encoding();
-    let state = (CloseOnDrop(handle), false, Positions::new());
-    let stream = futures_util::stream::unfold(state, move |(guard, done, mut positions)| {
-        let sent = sent.clone();
-        async move {
-            if done {
-                return None;
-            }
-            let batch = guard.0.queue.next_batch().await;
-            let mut buf = BytesMut::new();
-            let mut tags = batch.tags.iter().peekable();
-            for (i, item) in batch.items.iter().enumerate() {
-                if let Some((_, t)) = tags.next_if(|(at, _)| *at == i)
-                    && framing == Framing::SseWithIds
-                {
-                    positions.apply(t);
-                    buf.extend_from_slice(b"id: ");
-                    buf.extend_from_slice(positions.sse_id().as_bytes());
-                    buf.put_u8(b'\n');
+    let state = (
+        CloseOnDrop(handle),
+        false,
+        Positions::new(),
+        Batch::default(),
+    );
+    let stream =
+        futures_util::stream::unfold(state, move |(guard, done, mut positions, mut batch)| {
+            let sent = sent.clone();
+            async move {
+                if done {
+                    return None;
                 }
-                framing.frame(item, &mut buf);
-            }
-            sent.inc_by(batch.items.len() as u64);
-            let mut finished = false;
-            if let Some(d) = batch.close {
-                finished = true;
-                if d != Disconnect::CONNECTION_CLOSED
-                    && let Some(bytes) = encoding.encode_reply(&disconnect_push(&d))
-                {
-                    framing.frame(&bytes, &mut buf);
+                guard.0.queue.next_batch_into(&mut batch).await;
+                let mut buf = BytesMut::new();
+                let mut tags = batch.tags.iter().peekable();
+                for (i, item) in batch.items.iter().enumerate() {
+                    if let Some((_, t)) = tags.next_if(|(at, _)| *at == i)
+                        && framing == Framing::SseWithIds
+                    {
+                        positions.apply(t);
+                        buf.extend_from_slice(b"id: ");
+                        buf.extend_from_slice(positions.sse_id().as_bytes());
+                        buf.put_u8(b'\n');
+                    }
+                    framing.frame(item, &mut buf);
                 }
+                sent.inc_by(batch.items.len() as u64);
+                batch.items.clear();
+                let mut finished = false;
+                if let Some(d) = batch.close.take() {
+                    finished = true;
+                    if d != Disconnect::CONNECTION_CLOSED
+                        && let Some(bytes) = encoding.encode_reply(&disconnect_push(&d))
+                    {
+                        framing.frame(&bytes, &mut buf);
+                    }
+                }
+                if buf.is_empty() && finished {
+                    return None;
+                }
+                Some((
+                    Ok::<Bytes, Infallible>(buf.freeze()),
+                    (guard, finished, positions, batch),
+                ))
             }
-            if buf.is_empty() && finished {
-                return None;
-            }
-            Some((
-                Ok::<Bytes, Infallible>(buf.freeze()),
-                (guard, finished, positions),
-            ))
-        }
-    });
+        });
     axum::body::Body::from_stream(stream)
 }
 

@@ -13,7 +13,7 @@ use hyper::upgrade::OnUpgrade;
 use tokio_websockets::{CloseCode, Limits, Message};
 
 use crate::error::Disconnect;
-use crate::hub::ClientHandle;
+use crate::hub::{Batch, ClientHandle};
 use crate::metrics::TransportLabel;
 use crate::node::Node;
 use crate::protocol::Encoding;
@@ -156,8 +156,9 @@ pub async fn write_loop<Si>(
         }
     };
     let mut buf = BytesMut::new();
+    let mut batch = Batch::default();
     loop {
-        let batch = handle.queue.next_batch().await;
+        handle.queue.next_batch_into(&mut batch).await;
         let n = batch.items.len();
         if n > 0 {
             let write = async {
@@ -176,10 +177,13 @@ pub async fn write_loop<Si>(
                     sink.flush().await
                 }
             };
-            match tokio::time::timeout(timeout, write).await {
+            let written = tokio::time::timeout(timeout, write).await;
+            match written {
                 Ok(Ok(())) => {
                     sent.inc_by(n as u64);
                     node.metrics.batch_size.observe(n as f64);
+                    // Written: let go of the messages now rather than at the next batch.
+                    batch.items.clear();
                 }
                 _ => {
                     handle.queue.close(Disconnect::WRITE_ERROR);
@@ -187,7 +191,7 @@ pub async fn write_loop<Si>(
                 }
             }
         }
-        if let Some(d) = batch.close {
+        if let Some(d) = batch.close.take() {
             let code = u16::try_from(d.code)
                 .ok()
                 .and_then(|c| CloseCode::try_from(c).ok());
