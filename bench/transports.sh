@@ -20,7 +20,7 @@
 # SSE = uni_sse.
 #
 # --quick uses small numbers (500 connections, a few steps, seconds): a check that everything
-# works, not figures to quote. The full run takes about three minutes per transport.
+# works, not figures to quote. The full run measures for about six minutes (2 CPUs), plus the build.
 # Everything runs on 127.0.0.1/8 and stops by itself; the server is stopped on exit.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -755,7 +755,8 @@ pub fn render(results: &Results) -> String {
         loads.iter().copied().reduce(f64::max),
     ) {
         general.push(format!(
-            "1-minute load average at the start of each run: {lo:.2} to {hi:.2}."
+            "1-minute load average at the start of each run: {lo:.2} to {hi:.2} (after the first \
+             run it counts the previous runs too: server and generator keep both CPUs busy)."
         ));
     }
     let _ = writeln!(out);
