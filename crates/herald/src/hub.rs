@@ -133,6 +133,11 @@ pub struct ClientQueue {
     encoding: Encoding,
 }
 
+/// Most bytes a writer takes from its queue in one batch (one message at least). A backlog
+/// then drains as a pipeline of bounded writes instead of one copy of everything queued,
+/// which would delay the first message by the time to copy and send all the others.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
 /// What a writer takes from the queue in one go.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -248,13 +253,24 @@ impl ClientQueue {
             {
                 let mut st = self.state.lock();
                 if !st.items.is_empty() || st.close.is_some() {
-                    st.bytes = 0;
-                    batch.close = st.close.clone();
-                    for (i, (bytes, tags)) in st.items.drain(..).enumerate() {
-                        batch.items.push(bytes);
-                        if let Some(t) = tags {
-                            batch.tags.push((i, t));
+                    let mut taken = 0;
+                    while let Some((item, _)) = st.items.front() {
+                        if !batch.items.is_empty() && taken + item.len() > MAX_BATCH_BYTES {
+                            break;
                         }
+                        let Some((item, tags)) = st.items.pop_front() else {
+                            break;
+                        };
+                        taken += item.len();
+                        if let Some(t) = tags {
+                            batch.tags.push((batch.items.len(), t));
+                        }
+                        batch.items.push(item);
+                    }
+                    st.bytes -= taken;
+                    // A close comes after everything queued before it.
+                    if st.items.is_empty() {
+                        batch.close = st.close.clone();
                     }
                     return;
                 }
@@ -708,5 +724,33 @@ mod tests {
         assert_eq!(c.queue.close_reason(), Some(Disconnect::SLOW));
         let batch = c.queue.next_batch().await;
         assert_eq!(batch.close, Some(Disconnect::SLOW));
+    }
+
+    #[tokio::test]
+    async fn a_backlog_drains_in_bounded_batches_and_the_close_comes_last() {
+        let hub = Hub::new();
+        let c = hub.new_client(Encoding::Json, 8 << 20);
+        let big = Bytes::from(vec![b'x'; 100 * 1024]);
+        for _ in 0..5 {
+            assert!(c.queue.push_tagged(big.clone(), None));
+        }
+        c.queue.close(Disconnect::SHUTDOWN);
+        let mut sizes = Vec::new();
+        let mut batch = Batch::default();
+        loop {
+            c.queue.next_batch_into(&mut batch).await;
+            sizes.push(batch.items.len());
+            let total: usize = batch.items.iter().map(Bytes::len).sum();
+            assert!(total <= MAX_BATCH_BYTES, "batch of {total} bytes");
+            if let Some(close) = batch.close.take() {
+                assert_eq!(close, Disconnect::SHUTDOWN);
+                break;
+            }
+        }
+        assert_eq!(
+            sizes,
+            vec![2, 2, 1],
+            "every message once, in batches of at most 256 KiB"
+        );
     }
 }
