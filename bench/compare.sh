@@ -42,7 +42,9 @@ while [ $# -gt 0 ]; do
 done
 
 CENTRIFUGO_VERSION=v6.9.1
-log() { echo "[compare] $*" >&2; }
+LOG_TAG=compare
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 # --- Centrifugo ---------------------------------------------------------------------------------
 is_pinned_centrifugo() {
@@ -63,40 +65,13 @@ fi
 log "centrifugo: $CENTRIFUGO ($CENTRIFUGO_VERSION)"
 
 # --- Herald and the load generator ---------------------------------------------------------------
-log "cargo build --release -p herald -p herald-bench"
-nice -n 10 cargo build --release -q -p herald -p herald-bench
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-TARGET_DIR=${TARGET_DIR:-$ROOT/target}
-HERALD=$TARGET_DIR/release/herald
-BENCH=$TARGET_DIR/release/herald-bench
-HERALD_VERSION=$("$HERALD" version 2>/dev/null | head -1)
-GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if ! git diff --quiet HEAD -- crates 2>/dev/null; then GIT_REV="$GIT_REV+uncommitted"; fi
+build_binaries
 
 # --- work dir, ports, config --------------------------------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/herald-compare.XXXXXX")
 RESULTS=${RESULTS:-$WORK/results}
 mkdir -p "$RESULTS"
-SERVER_PID=""
-cleanup() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-}
-trap cleanup EXIT
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-USED_PORTS=""
-free_port() {
-  local p
-  for _ in $(seq 1 200); do
-    p=$(( (RANDOM * 32768 + RANDOM) % 30000 + 20000 ))
-    case " $USED_PORTS " in *" $p "*) continue ;; esac
-    if ! port_in_use "$p"; then USED_PORTS="$USED_PORTS $p"; echo "$p"; return 0; fi
-  done
-  log "no free port found"; return 1
-}
 PORT=$(free_port); INTERNAL_PORT=$(free_port); UNI_GRPC_PORT=$(free_port); GRPC_API_PORT=$(free_port)
 
 API_KEY="bench-api-key-$RANDOM$RANDOM"
@@ -129,13 +104,8 @@ EOF
 
 # --- CPU pinning --------------------------------------------------------------------------------
 NCPU=$(nproc)
-SERVER_PIN=(); BENCH_PIN=(); PINNING="none (fewer than 2 CPUs or no taskset)"
-if [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null; then
-  SERVER_PIN=(taskset -c 0); BENCH_PIN=(taskset -c 1)
-  PINNING="server on CPU 0, herald-bench on CPU 1 (taskset)"
-fi
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-NOFILE=$(ulimit -n)
+setup_pinning server
+raise_nofile
 
 # --- scenario parameters ------------------------------------------------------------------------
 if [ "$QUICK" = 1 ]; then
@@ -160,16 +130,6 @@ else
   PAYLOAD_ARGS=(payload --sizes 32,256,1024,4096,16384,65536 --subscribers 50 --duration 3)
 fi
 
-wait_listening() {
-  local port=$1 pid=$2
-  for _ in $(seq 1 300); do
-    port_in_use "$port" && return 0
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
-
 start_server() {
   local name=$1
   case "$name" in
@@ -190,13 +150,6 @@ start_server() {
     wait_listening "$UNI_GRPC_PORT" "$SERVER_PID" && wait_listening "$GRPC_API_PORT" "$SERVER_PID" \
       || { log "centrifugo gRPC ports not up"; exit 1; }
   fi
-  sleep 0.5
-}
-
-stop_server() {
-  kill "$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
-  SERVER_PID=""
   sleep 0.5
 }
 
@@ -232,7 +185,7 @@ for scenario in $SCENARIOS; do
     echo "herald-bench ${ARGS[*]} --addr 127.0.0.1:PORT --server-pid PID --server-name $server ..." >> "$COMMANDS"
     "${BENCH_PIN[@]}" "$BENCH" "${ARGS[@]}" "${COMMON[@]}" | tee "$RESULTS/$server-$scenario.txt" \
       || log "$server $scenario reported errors (see $RESULTS/$server-$scenario.txt)"
-    stop_server
+    stop_server; sleep 0.5
   done
 done
 

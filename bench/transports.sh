@@ -44,19 +44,13 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-log() { echo "[transports] $*" >&2; }
+LOG_TAG=transports
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 # --- Herald and the load generator ---------------------------------------------------------------
 REV_BEFORE=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-log "cargo build --release -p herald -p herald-bench"
-nice -n 10 cargo build --release -q -p herald -p herald-bench
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-TARGET_DIR=${TARGET_DIR:-$ROOT/target}
-HERALD=$TARGET_DIR/release/herald
-BENCH=$TARGET_DIR/release/herald-bench
-HERALD_VERSION=$("$HERALD" version 2>/dev/null | head -1)
-GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if ! git diff --quiet HEAD -- crates 2>/dev/null; then GIT_REV="$GIT_REV+uncommitted"; fi
+build_binaries
 REV_NOTE=""
 if [ "$REV_BEFORE" != "${GIT_REV%+*}" ]; then REV_NOTE="; HEAD moved from $REV_BEFORE during the build"; fi
 
@@ -64,24 +58,7 @@ if [ "$REV_BEFORE" != "${GIT_REV%+*}" ]; then REV_NOTE="; HEAD moved from $REV_B
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/herald-transports.XXXXXX")
 RESULTS=${RESULTS:-$WORK/results}
 mkdir -p "$RESULTS"
-SERVER_PID=""
-cleanup() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-}
-trap cleanup EXIT
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-  local p
-  for _ in $(seq 1 200); do
-    p=$(( (RANDOM * 32768 + RANDOM) % 30000 + 20000 ))
-    if ! port_in_use "$p"; then echo "$p"; return 0; fi
-  done
-  log "no free port found"; return 1
-}
 
 API_KEY="bench-api-key-$RANDOM$RANDOM"
 SECRET="bench-secret-$RANDOM$RANDOM-0123456789abcdef0123456789abcdef"
@@ -102,13 +79,8 @@ EOF
 
 # --- CPU pinning, open files --------------------------------------------------------------------
 NCPU=$(nproc)
-SERVER_PIN=(); BENCH_PIN=(); PINNING="none (fewer than 2 CPUs or no taskset)"
-if [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null; then
-  SERVER_PIN=(taskset -c 0); BENCH_PIN=(taskset -c 1)
-  PINNING="Herald on CPU 0, herald-bench on CPU 1 (taskset)"
-fi
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-NOFILE=$(ulimit -n)
+setup_pinning Herald
+raise_nofile
 
 # --- scenario parameters ------------------------------------------------------------------------
 if [ "$QUICK" = 1 ]; then
@@ -127,16 +99,6 @@ else
   RECONNECT_ARGS=(reconnect --clients "$N" --channels 100 --rate 500 --warmup 2 --duration 15)
 fi
 
-wait_listening() {
-  local port=$1 pid=$2
-  for _ in $(seq 1 300); do
-    port_in_use "$port" && return 0
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
-
 start_server() {
   local log_file=$1
   PORT=$(free_port)
@@ -145,13 +107,6 @@ start_server() {
   if ! wait_listening "$PORT" "$SERVER_PID"; then
     log "herald did not start; its log:"; cat "$log_file" >&2; exit 1
   fi
-  sleep 0.5
-}
-
-stop_server() {
-  kill "$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
-  SERVER_PID=""
   sleep 0.5
 }
 
@@ -181,7 +136,7 @@ for transport in $TRANSPORTS; do
     cat "$RESULTS/$name.txt"
     server_alive=1
     kill -0 "$SERVER_PID" 2>/dev/null || server_alive=0
-    stop_server
+    stop_server; sleep 0.5
     if [ "$server_alive" = 0 ]; then
       log "$name: the server exited during the run; its log:"; tail -20 "$RESULTS/$name.server.log" >&2
       FAILED=1
