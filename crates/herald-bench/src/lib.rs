@@ -9,6 +9,7 @@
 //!
 //! Of Herald it uses only `herald::protocol` (wire types and codecs), as DESIGN.md says.
 
+pub mod chart;
 pub mod clients;
 pub mod net;
 pub mod payload;

@@ -464,10 +464,27 @@ fn compare(
         Some(p) => std::fs::read_to_string(&p).unwrap_or_default(),
         None => String::new(),
     };
-    text.push_str(&report::compare(&h, &o));
     match doc {
-        None => print!("{text}"),
+        None => {
+            text.push_str(&report::compare(&h, &o, None));
+            print!("{text}");
+        }
         Some(path) => {
+            // The chart goes to img/ beside the document, linked from the fan-out section.
+            const CHART: &str = "img/compare-fanout.svg";
+            let mut chart_link = None;
+            if let Some(svg) = report::fanout_chart(&h, &o) {
+                let file = path.parent().unwrap_or(Path::new(".")).join(CHART);
+                let written = file
+                    .parent()
+                    .map_or(Ok(()), std::fs::create_dir_all)
+                    .and_then(|()| std::fs::write(&file, svg));
+                match written {
+                    Ok(()) => chart_link = Some(CHART),
+                    Err(e) => eprintln!("herald-bench compare: {}: {e}", file.display()),
+                }
+            }
+            text.push_str(&report::compare(&h, &o, chart_link));
             let old = std::fs::read_to_string(&path).unwrap_or_default();
             if let Err(e) = std::fs::write(&path, report::splice(&old, &text)) {
                 eprintln!("herald-bench compare: {}: {e}", path.display());
