@@ -470,20 +470,10 @@ fn compare(
             print!("{text}");
         }
         Some(path) => {
-            // The chart goes to img/ beside the document, linked from the fan-out section.
             const CHART: &str = "img/compare-fanout.svg";
-            let mut chart_link = None;
-            if let Some(svg) = report::fanout_chart(&h, &o) {
-                let file = path.parent().unwrap_or(Path::new(".")).join(CHART);
-                let written = file
-                    .parent()
-                    .map_or(Ok(()), std::fs::create_dir_all)
-                    .and_then(|()| std::fs::write(&file, svg));
-                match written {
-                    Ok(()) => chart_link = Some(CHART),
-                    Err(e) => eprintln!("herald-bench compare: {}: {e}", file.display()),
-                }
-            }
+            let chart_link = report::fanout_chart(&h, &o)
+                .filter(|svg| write_chart(&path, CHART, svg, "compare"))
+                .map(|_| CHART);
             text.push_str(&report::compare(&h, &o, chart_link));
             let old = std::fs::read_to_string(&path).unwrap_or_default();
             if let Err(e) = std::fs::write(&path, report::splice(&old, &text)) {
@@ -493,6 +483,23 @@ fn compare(
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Writes a chart to `rel` (relative to the document's directory, `img/…`); false, with
+/// the reason on stderr, when it cannot.
+fn write_chart(doc: &Path, rel: &str, svg: &str, command: &str) -> bool {
+    let file = doc.parent().unwrap_or(Path::new(".")).join(rel);
+    let written = file
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&file, svg));
+    match written {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("herald-bench {command}: {}: {e}", file.display());
+            false
+        }
+    }
 }
 
 fn transports_table(results: &Path, preamble: Option<PathBuf>, doc: Option<PathBuf>) -> ExitCode {
@@ -523,9 +530,11 @@ fn transports_table(results: &Path, preamble: Option<PathBuf>, doc: Option<PathB
     if !text.is_empty() && !text.ends_with("\n\n") {
         text.push_str(if text.ends_with('\n') { "\n" } else { "\n\n" });
     }
-    text.push_str(&table::render(&found));
     match doc {
-        None => print!("{text}"),
+        None => {
+            text.push_str(&table::render(&found));
+            print!("{text}");
+        }
         Some(path) => {
             let old = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
@@ -534,6 +543,11 @@ fn transports_table(results: &Path, preamble: Option<PathBuf>, doc: Option<PathB
                     return ExitCode::from(2);
                 }
             };
+            const CHART: &str = "img/transports-fanout.svg";
+            let chart_link = table::fanout_chart(&found)
+                .filter(|svg| write_chart(&path, CHART, svg, "transports-table"))
+                .map(|_| CHART);
+            text.push_str(&table::render_with_chart(&found, chart_link));
             let new = report::splice_between(&old, table::BEGIN, table::END, &text);
             if let Err(e) = std::fs::write(&path, new) {
                 eprintln!("herald-bench transports-table: {}: {e}", path.display());

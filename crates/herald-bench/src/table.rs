@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::Path;
 
+use crate::chart::{LineChart, Series};
 use crate::clients::Transport;
 use crate::scenario::{
     FanoutResult, IdleResult, PayloadRow, ReconnectResult, Report, Scenario, ScenarioResult, Step,
@@ -496,7 +497,63 @@ pub fn command(t: Transport, r: &Report) -> String {
 }
 
 /// The markdown table of the measured rows, its notes and the commands.
+/// The table, its notes and the commands.
 pub fn render(results: &Results) -> String {
+    render_with_chart(results, None)
+}
+
+/// The fan-out steps of every transport measured, as one SVG chart: p99 latency (log scale)
+/// against deliveries per second, sustained steps filled. `None` without fan-out reports.
+pub fn fanout_chart(results: &Results) -> Option<String> {
+    const COLORS: [&str; 6] = [
+        "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#d62728", "#8c564b",
+    ];
+    let mut series = Vec::new();
+    let mut limit = 100.0;
+    let mut subscribers = 0;
+    for c in &COLUMNS {
+        for &t in c.transports {
+            let Some(r) = results.get(t, "fanout") else {
+                continue;
+            };
+            let Some(f) = fanout_of(r) else {
+                continue;
+            };
+            limit = p99_limit(r);
+            subscribers = f.subscribers;
+            series.push(Series {
+                name: format!("{} ({t})", c.title),
+                color: COLORS[series.len() % COLORS.len()],
+                points: f
+                    .steps
+                    .iter()
+                    .filter(|s| s.latency.p99_ms > 0.0)
+                    .map(|s| (s.deliveries_per_sec, s.latency.p99_ms, s.sustained))
+                    .collect(),
+            });
+        }
+    }
+    if series.is_empty() {
+        return None;
+    }
+    let chart = LineChart {
+        title: format!(
+            "Fan-out to {} subscribers by transport: p99 latency by delivery rate",
+            f0(subscribers as f64)
+        ),
+        x_label: "deliveries per second (publications per second × subscribers)".into(),
+        y_label: "p99 latency, ms (log scale)".into(),
+        log_y: true,
+        threshold: Some((limit, format!("p99 limit {} ms", f0(limit)))),
+        point_note: Some("filled: sustained step · hollow: not sustained".into()),
+        series,
+    };
+    Some(chart.svg())
+}
+
+/// The table, its notes, an optional chart (`chart`: its path relative to the document) and
+/// the commands.
+pub fn render_with_chart(results: &Results, chart: Option<&str>) -> String {
     let mut t = Table::new(results);
     t.header();
 
@@ -769,6 +826,12 @@ pub fn render(results: &Results) -> String {
         let _ = writeln!(out);
     }
     write_notes(&mut out, &notes, &general);
+    if let Some(path) = chart {
+        let _ = writeln!(
+            out,
+            "![Fan-out by transport: p99 latency against deliveries per second]({path})\n"
+        );
+    }
     let _ = writeln!(
         out,
         "Commands (one fresh server per run; the script picks the port, API key, secret and PID):"
