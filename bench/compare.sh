@@ -79,7 +79,8 @@ SECRET="bench-secret-$RANDOM$RANDOM-0123456789abcdef0123456789abcdef"
 CONFIG=$WORK/config.json
 # One file for both servers, Centrifugo v6 key shape. Centrifugo-only keys (ignored by Herald, which
 # warns): http_server.h2c_external + internal_port (Centrifugo serves h2c only with a separate internal
-# port), http_api.external (keep its API on the main port then), the separate gRPC ports and addresses.
+# port), http_api.external (keep its API on the main port then). Centrifugo gets its gRPC ports from
+# the environment below; the file sets no port, so Herald serves gRPC on its main port only.
 # client.queue_max_size is raised from 1 MiB to 64 MiB on both: the payload scenario publishes as
 # fast as the servers acknowledge, and at 16-64 KiB the load generator (one core, 50 readers) is
 # the slow consumer; with the default both servers rightly disconnect it (3008), which measures

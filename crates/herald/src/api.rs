@@ -38,7 +38,13 @@ pub(crate) fn authorized(node: &Node, headers: &HeaderMap) -> bool {
     if cfg.insecure {
         return true;
     }
-    if cfg.key.is_empty() {
+    key_matches(headers, &cfg.key)
+}
+
+/// Whether the request carries `key` (`X-API-Key`, or `Authorization: apikey <key>`); never
+/// for an empty key.
+pub(crate) fn key_matches(headers: &HeaderMap, key: &str) -> bool {
+    if key.is_empty() {
         return false;
     }
     let given = headers
@@ -51,7 +57,7 @@ pub(crate) fn authorized(node: &Node, headers: &HeaderMap) -> bool {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("apikey ").map(|k| k.trim().to_string()))
         });
-    given.is_some_and(|k| constant_time_eq(k.as_bytes(), cfg.key.as_bytes()))
+    given.is_some_and(|k| constant_time_eq(k.as_bytes(), key.as_bytes()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

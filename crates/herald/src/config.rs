@@ -148,9 +148,9 @@ pub struct Config {
     /// The HTTP server API (`POST /api/<method>`).
     pub http_api: HttpApiConfig,
     /// The gRPC server API (`centrifugal.centrifugo.api.CentrifugoApi`) on the main port,
-    /// authenticated with the HTTP API key. Default: **enabled** (Centrifugo: disabled).
-    #[serde(deserialize_with = "flag_default_true")]
-    pub grpc_api: EnabledFlag,
+    /// and on a port of its own when `grpc_api.port` is set. Default: **enabled**
+    /// (Centrifugo: disabled).
+    pub grpc_api: GrpcApiConfig,
     /// The bidirectional WebSocket transport (`/connection/websocket`), always on.
     pub websocket: WebsocketConfig,
     /// Bidirectional SSE emulation (`/connection/sse`). Default: **enabled**
@@ -166,10 +166,9 @@ pub struct Config {
     pub uni_sse: TransportConfig,
     /// Unidirectional HTTP streaming (`/connection/uni_http_stream`). Default: enabled.
     pub uni_http_stream: TransportConfig,
-    /// Unidirectional gRPC (`CentrifugoUniStream/Consume`) on the main port.
-    /// Default: **enabled** (Centrifugo: disabled).
-    #[serde(deserialize_with = "flag_default_true")]
-    pub uni_grpc: EnabledFlag,
+    /// Unidirectional gRPC (`CentrifugoUniStream/Consume`) on the main port, and on a port
+    /// of its own when `uni_grpc.port` is set. Default: **enabled** (Centrifugo: disabled).
+    pub uni_grpc: UniGrpcConfig,
     /// `health.enabled`. Herald serves `/health` whatever this says; the flag
     /// is kept for Centrifugo compatibility. Default: **enabled** (Centrifugo:
     /// disabled). A `health` section without `enabled` keeps it enabled.
@@ -200,7 +199,7 @@ impl Default for Config {
             client: ClientConfig::default(),
             channel: ChannelConfig::default(),
             http_api: HttpApiConfig::default(),
-            grpc_api: EnabledFlag { enabled: true },
+            grpc_api: GrpcApiConfig::default(),
             websocket: WebsocketConfig::default(),
             sse: TransportConfig::default(),
             http_stream: TransportConfig::default(),
@@ -208,7 +207,7 @@ impl Default for Config {
             uni_websocket: TransportConfig::default(),
             uni_sse: TransportConfig::default(),
             uni_http_stream: TransportConfig::default(),
-            uni_grpc: EnabledFlag { enabled: true },
+            uni_grpc: UniGrpcConfig::default(),
             health: EnabledFlag { enabled: true },
             prometheus: EnabledFlag { enabled: true },
             node: NodeConfig::default(),
@@ -677,6 +676,56 @@ impl fmt::Debug for AdminConfig {
             .field("secret", &redacted(&self.secret))
             .field("insecure", &self.insecure)
             .finish()
+    }
+}
+
+/// `grpc_api.*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GrpcApiConfig {
+    /// Serve the gRPC server API. Default `true`.
+    pub enabled: bool,
+    /// Address of its own listener (with `port`); empty: `http_server.address`.
+    pub address: String,
+    /// Port of its own listener (plain HTTP/2 and gRPC-Web, no TLS), besides the main port,
+    /// as Centrifugo serves it (its default there is 10000). 0: the main port only.
+    pub port: u16,
+    /// API key of gRPC calls (`authorization: apikey <KEY>`); empty: `http_api.key`.
+    pub key: String,
+}
+
+impl Default for GrpcApiConfig {
+    fn default() -> Self {
+        GrpcApiConfig {
+            enabled: true,
+            address: String::new(),
+            port: 0,
+            key: String::new(),
+        }
+    }
+}
+
+/// `uni_grpc.*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UniGrpcConfig {
+    /// Serve `CentrifugoUniStream/Consume`. Default `true`.
+    pub enabled: bool,
+    /// Address of its own listener (with `port`); empty: `http_server.address`.
+    pub address: String,
+    /// Port of its own listener (plain HTTP/2, no TLS) serving the gRPC client transports
+    /// (`Consume`, and Herald's `HeraldStream`), besides the main port, as Centrifugo serves
+    /// it (its default there is 11000). 0: the main port only.
+    pub port: u16,
+}
+
+impl Default for UniGrpcConfig {
+    fn default() -> Self {
+        UniGrpcConfig {
+            enabled: true,
+            address: String::new(),
+            port: 0,
+        }
     }
 }
 

@@ -1,12 +1,12 @@
 //! The server API over gRPC: service `centrifugal.centrifugo.api.CentrifugoApi`
 //! (`proto/api.proto`), shaped like Centrifugo's so that clients generated from its schema
 //! work, on the main listener when `grpc_api.enabled` (native gRPC over h2c or TLS, and
-//! gRPC-Web through tonic-web).
+//! gRPC-Web through tonic-web), and on `grpc_api.port` when set.
 //!
 //! The same operations as the HTTP API ([`crate::api`]), through the node. Requests are
-//! authenticated like the HTTP API, with metadata `authorization: apikey <KEY>` (the
-//! `http_api.key`; none needed with `http_api.insecure`); otherwise the call fails with
-//! UNAUTHENTICATED. A method-level failure is not a gRPC error: as in Centrifugo, the
+//! authenticated with metadata `authorization: apikey <KEY>`: `grpc_api.key` when set,
+//! otherwise like the HTTP API (`http_api.key`; none needed with `http_api.insecure`);
+//! without it the call fails with UNAUTHENTICATED. A method-level failure is not a gRPC error: as in Centrifugo, the
 //! response's `error` carries the code and message and `result` is empty.
 
 use std::collections::HashMap;
@@ -56,7 +56,14 @@ impl GrpcApi {
     /// The request's message once its API key checks out.
     fn authorize<T>(&self, req: Request<T>) -> Result<T, Status> {
         let (metadata, _, message) = req.into_parts();
-        if crate::api::authorized(&self.node, &metadata.into_headers()) {
+        let headers = metadata.into_headers();
+        let own_key = &self.node.config.grpc_api.key;
+        let ok = if own_key.is_empty() {
+            crate::api::authorized(&self.node, &headers)
+        } else {
+            crate::api::key_matches(&headers, own_key)
+        };
+        if ok {
             Ok(message)
         } else {
             Err(Status::unauthenticated(

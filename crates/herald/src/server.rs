@@ -1,9 +1,12 @@
 //! Listeners, routing and graceful shutdown. One port serves HTTP/1.1, h2c (HTTP/2 with
 //! prior knowledge) and, when `http_server.tls` is set, TLS with ALPN `h2` and `http/1.1`,
-//! through hyper-util's auto builder, with upgrades for WebSocket.
+//! through hyper-util's auto builder, with upgrades for WebSocket. `grpc_api.port` and
+//! `uni_grpc.port`, when set, add listeners of their own for those gRPC services (plain
+//! HTTP/1.1 and h2c, as Centrifugo serves them), served by the same loop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
@@ -177,11 +180,31 @@ fn tls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ServerError> {
     Ok(Some(TlsAcceptor::from(Arc::new(server))))
 }
 
+/// The routes of a gRPC port of its own: the server API, the gRPC client transports, or both.
+fn grpc_router(node: &Arc<Node>, api: bool, clients: bool) -> Router {
+    let mut r = Router::new();
+    if clients {
+        r = r.merge(transport::grpc::router(node));
+    }
+    if api {
+        r = r.merge(crate::grpc_api::router(node));
+    }
+    r
+}
+
+/// A listener of its own for gRPC services (`grpc_api.port`, `uni_grpc.port`).
+struct GrpcListener {
+    listener: TcpListener,
+    api: bool,
+    clients: bool,
+}
+
 /// A bound listener, ready to serve.
 pub struct Server {
     node: Arc<Node>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    grpc: Vec<GrpcListener>,
 }
 
 impl Server {
@@ -195,11 +218,56 @@ impl Server {
         let listener = TcpListener::bind(&address)
             .await
             .map_err(|source| ServerError::Bind { address, source })?;
+        let cfg = &node.config;
+        let own_address = |address: &str, port: u16| {
+            let host = if address.is_empty() {
+                cfg.http_server.address.as_str()
+            } else {
+                address
+            };
+            format!("{host}:{port}")
+        };
+        // (address, server API, client transports); both on one listener when they share it.
+        let mut wanted: Vec<(String, bool, bool)> = Vec::new();
+        if cfg.grpc_api.enabled && cfg.grpc_api.port != 0 {
+            wanted.push((
+                own_address(&cfg.grpc_api.address, cfg.grpc_api.port),
+                true,
+                false,
+            ));
+        }
+        if cfg.uni_grpc.enabled && cfg.uni_grpc.port != 0 {
+            let a = own_address(&cfg.uni_grpc.address, cfg.uni_grpc.port);
+            match wanted.iter_mut().find(|w| w.0 == a) {
+                Some(w) => w.2 = true,
+                None => wanted.push((a, false, true)),
+            }
+        }
+        let mut grpc = Vec::new();
+        for (address, api, clients) in wanted {
+            let listener = TcpListener::bind(&address)
+                .await
+                .map_err(|source| ServerError::Bind { address, source })?;
+            grpc.push(GrpcListener {
+                listener,
+                api,
+                clients,
+            });
+        }
         Ok(Server {
             node,
             listener,
             tls,
+            grpc,
         })
+    }
+
+    /// The addresses of the gRPC listeners of their own (`grpc_api.port`, `uni_grpc.port`).
+    pub fn grpc_addrs(&self) -> Vec<SocketAddr> {
+        self.grpc
+            .iter()
+            .filter_map(|g| g.listener.local_addr().ok())
+            .collect()
     }
 
     /// The address actually bound (port 0 resolves here).
@@ -219,17 +287,34 @@ impl Server {
             node,
             listener,
             tls,
+            grpc,
         } = self;
         node.spawn_background();
-        let app = router(node.clone());
+        // Index 0 is the main listener; the gRPC ports of their own follow, without TLS.
+        let mut listeners = vec![(listener, router(node.clone()), tls)];
+        for g in grpc {
+            if let Ok(addr) = g.listener.local_addr() {
+                tracing::info!(%addr, api = g.api, clients = g.clients, "gRPC listening on its own port");
+            }
+            listeners.push((g.listener, grpc_router(&node, g.api, g.clients), None));
+        }
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let builder = connection_builder(&node.config);
         let handshake_timeout = node.config.http_server.handshake_timeout;
         let write_timeout = node.config.http_server.write_timeout;
         tokio::pin!(shutdown);
         loop {
+            let accept_any = std::future::poll_fn(|cx| {
+                for (i, (l, _, _)) in listeners.iter().enumerate() {
+                    if let Poll::Ready(r) = l.poll_accept(cx) {
+                        return Poll::Ready((i, r));
+                    }
+                }
+                Poll::Pending
+            });
             tokio::select! {
-                accepted = listener.accept() => {
+                (i, accepted) = accept_any => {
+                    let (_, app, tls) = &listeners[i];
                     let (stream, peer) = match accepted {
                         Ok(s) => s,
                         Err(e) => {
@@ -283,7 +368,7 @@ impl Server {
                 _ = &mut shutdown => break,
             }
         }
-        drop(listener);
+        drop(listeners);
         tracing::info!("shutting down: telling clients to reconnect");
         node.shutdown();
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;

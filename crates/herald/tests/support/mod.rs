@@ -144,6 +144,8 @@ impl Api {
 pub struct TestServer {
     /// Address the server listens on.
     pub addr: SocketAddr,
+    /// Addresses of the gRPC listeners of their own (`grpc_api.port`, `uni_grpc.port`).
+    pub grpc_addrs: Vec<SocketAddr>,
     /// HMAC secret of connection tokens.
     pub secret: String,
     /// The server API.
@@ -179,6 +181,7 @@ impl TestServer {
             .await
             .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0: {e}"));
         let addr = server.local_addr().expect("local_addr");
+        let grpc_addrs = server.grpc_addrs();
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(server.run(async move {
             let _ = rx.await;
@@ -189,6 +192,7 @@ impl TestServer {
             .expect("reqwest client");
         TestServer {
             addr,
+            grpc_addrs,
             secret,
             api: Api {
                 http,
