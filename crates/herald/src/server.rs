@@ -303,10 +303,16 @@ impl Server {
         let handshake_timeout = node.config.http_server.handshake_timeout;
         let write_timeout = node.config.http_server.write_timeout;
         tokio::pin!(shutdown);
+        let mut turn = 0usize;
         loop {
+            // Each turn starts at the next listener, so a connection storm on one port
+            // cannot starve the others.
+            turn = turn.wrapping_add(1);
+            let first = turn % listeners.len();
             let accept_any = std::future::poll_fn(|cx| {
-                for (i, (l, _, _)) in listeners.iter().enumerate() {
-                    if let Poll::Ready(r) = l.poll_accept(cx) {
+                for k in 0..listeners.len() {
+                    let i = (first + k) % listeners.len();
+                    if let Poll::Ready(r) = listeners[i].0.poll_accept(cx) {
                         return Poll::Ready((i, r));
                     }
                 }
