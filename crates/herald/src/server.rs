@@ -189,7 +189,11 @@ fn grpc_router(node: &Arc<Node>, api: bool, clients: bool) -> Router {
     if api {
         r = r.merge(crate::grpc_api::router(node));
     }
-    r
+    // Browsers reach these through gRPC-Web, cross-origin as on the main port.
+    r.layer(axum::middleware::from_fn_with_state(
+        node.clone(),
+        transport::cors::middleware,
+    ))
 }
 
 /// A listener of its own for gRPC services (`grpc_api.port`, `uni_grpc.port`).

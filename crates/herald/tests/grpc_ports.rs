@@ -73,6 +73,7 @@ async fn grpc_api_and_uni_grpc_serve_on_ports_of_their_own() {
     let server = TestServer::start(json!({
         "grpc_api": {"port": api_port, "key": GRPC_KEY},
         "uni_grpc": {"port": uni_port},
+        "client": {"allowed_origins": ["https://app.example"]},
         "channel": {"namespaces": [{"name": "chat", "history_size": 10, "history_ttl": "300s"}]}
     }))
     .await;
@@ -143,6 +144,28 @@ async fn grpc_api_and_uni_grpc_serve_on_ports_of_their_own() {
         .await
         .expect("HTTP request to the gRPC port");
     assert_eq!(resp.status(), reqwest::StatusCode::NOT_FOUND);
+
+    // Browsers call it with gRPC-Web, cross-origin: the preflight is answered as on the main port.
+    let preflight = http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!(
+                "http://{uni_addr}/centrifugal.centrifugo.unistream.CentrifugoUniStream/Consume"
+            ),
+        )
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Method", "POST")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(
+        preflight
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://app.example"),
+        "{preflight:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
