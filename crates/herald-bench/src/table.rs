@@ -10,6 +10,7 @@ use std::path::Path;
 
 use crate::chart::{LineChart, Series};
 use crate::clients::Transport;
+use crate::report::f0;
 use crate::scenario::{
     FanoutResult, IdleResult, PayloadRow, ReconnectResult, Report, Scenario, ScenarioResult, Step,
     Trigger,
@@ -133,20 +134,6 @@ pub fn load_dir(dir: &Path) -> Result<Results, String> {
         }
     }
     Ok(out)
-}
-
-/// `1234567.4` -> `1,234,567`.
-fn f0(x: f64) -> String {
-    let s = format!("{:.0}", x.round());
-    let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    format!("{sign}{out}")
 }
 
 /// A rate or count as given on a command line (`2`, `0.5`).
