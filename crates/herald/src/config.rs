@@ -1076,6 +1076,19 @@ impl Config {
         if tls.is_on() {
             tls.pem()?;
         }
+        let main = (&self.http_server.address, self.http_server.port);
+        for (key, address, port) in [
+            ("grpc_api.port", &self.grpc_api.address, self.grpc_api.port),
+            ("uni_grpc.port", &self.uni_grpc.address, self.uni_grpc.port),
+        ] {
+            let same_address = address.is_empty() || address == main.0;
+            if port != 0 && port == main.1 && same_address {
+                return Err(ConfigError::invalid(
+                    key,
+                    "is the main port (http_server.port), which serves gRPC already; set 0 or another port",
+                ));
+            }
+        }
         if self.http_server.write_timeout.is_zero() {
             return Err(ConfigError::invalid(
                 "http_server.write_timeout",
@@ -2441,6 +2454,13 @@ force_recovery = true
         let mut cfg = Config::default();
         cfg.log.level = "loud".to_owned();
         assert!(validation_error(&cfg).starts_with("log.level: unknown level \"loud\""));
+
+        let mut cfg = Config::default();
+        cfg.uni_grpc.port = cfg.http_server.port;
+        assert!(validation_error(&cfg).starts_with("uni_grpc.port: is the main port"));
+        cfg.uni_grpc.address = "127.0.0.2".to_owned();
+        cfg.validate()
+            .expect("another address may use the same port");
 
         let mut cfg = Config::default();
         cfg.client.max_queue_size = 0;
