@@ -20,14 +20,7 @@ use crate::engine::{ClientInfo, HistoryFilter, Publication, StreamPosition};
 use crate::error::{ClientError, Disconnect};
 use crate::hub::Control;
 use crate::node::{Node, NodeError};
-
-fn error_body(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(json!({"error": {"code": status.as_u16(), "message": message.into()}})),
-    )
-        .into_response()
-}
+use crate::request_body::error_response;
 
 fn api_error(e: ClientError) -> Value {
     json!({"error": {"code": e.code, "message": e.message}})
@@ -64,19 +57,29 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Entry point for every API method.
-pub async fn handler(
+/// Middleware in front of [`handler`]: answers 401 from the headers alone, before any of
+/// the body is read, so an unauthenticated client can make Herald hold nothing.
+pub async fn require_key(
     State(node): State<Arc<Node>>,
-    Path(method): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
 ) -> Response {
-    if !authorized(&node, &headers) {
-        return error_body(
+    if !authorized(&node, req.headers()) {
+        return error_response(
             StatusCode::UNAUTHORIZED,
             "unauthorized: missing or wrong API key",
         );
     }
+    next.run(req).await
+}
+
+/// Entry point for every API method; the key was checked by [`require_key`] and the body
+/// read under `http_api.max_request_body_size` before this runs.
+pub async fn handler(
+    State(node): State<Arc<Node>>,
+    Path(method): Path<String>,
+    body: Bytes,
+) -> Response {
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
@@ -96,7 +99,7 @@ pub async fn handler(
         "channels" => call(body, |r| channels(&node, r)).await,
         "info" => call(body, |r: Empty| info(&node, r)).await,
         _ => {
-            return error_body(
+            return error_response(
                 StatusCode::NOT_FOUND,
                 format!("unknown API method \"{method}\""),
             );
@@ -104,7 +107,7 @@ pub async fn handler(
     };
     match result {
         Ok(v) => axum::Json(v).into_response(),
-        Err(msg) => error_body(StatusCode::BAD_REQUEST, msg),
+        Err(msg) => error_response(StatusCode::BAD_REQUEST, msg),
     }
 }
 

@@ -230,10 +230,25 @@ pub struct HttpServerConfig {
     pub port: u16,
     /// TLS for the listener (HTTP/1.1 and HTTP/2 negotiated with ALPN). Off by default.
     pub tls: TlsConfig,
-    /// Time a client has to send its request headers (HTTP/1.1) and to finish the
-    /// TLS handshake. Default `10s`.
+    /// Time a new connection has, from accept, to finish the TLS handshake (on a TLS
+    /// listener) and to show its protocol: the whole first request head (HTTP/1.1) or the
+    /// HTTP/2 preface and first frame header. Later HTTP/1.1 request heads have the same
+    /// time. A connection that sends nothing, or too little, is closed then. Applies to
+    /// every listener (the main port and the gRPC ports of their own). Default `10s`.
     #[serde(with = "duration")]
     pub handshake_timeout: Duration,
+    /// Time a request body has to arrive in full, counted from the end of its headers
+    /// (server API, emulation and the connect requests of the HTTP transports; streamed
+    /// gRPC bodies are exempt). A slower body is answered 408 and its connection closed.
+    /// Herald only; Centrifugo's HTTP server cuts whole requests at 30s. Default `30s`.
+    #[serde(with = "duration")]
+    pub request_body_timeout: Duration,
+    /// Pending connections the kernel queues for each listener before Herald accepts
+    /// them (the `listen(2)` backlog). `0`: the system maximum
+    /// (`/proc/sys/net/core/somaxconn`), as Go servers such as Centrifugo use; the kernel
+    /// caps larger values at that maximum. Applies to every listener. Herald only.
+    /// Default `0`.
+    pub listen_backlog: u32,
     /// How often to send HTTP/2 keep-alive pings on idle connections; a connection
     /// that does not answer within the same interval is closed. `0` turns it off.
     /// Default `30s`.
@@ -255,6 +270,8 @@ impl Default for HttpServerConfig {
             port: 8000,
             tls: TlsConfig::default(),
             handshake_timeout: Duration::from_secs(10),
+            request_body_timeout: Duration::from_secs(30),
+            listen_backlog: 0,
             http2_keepalive_interval: Duration::from_secs(30),
             http2_max_concurrent_streams: 1000,
             write_timeout: Duration::from_secs(10),
@@ -476,6 +493,11 @@ pub struct ClientConfig {
     /// command before it is closed with 3502 (stale). Default 10s.
     #[serde(with = "duration")]
     pub stale_close_delay: Duration,
+    /// Deepest nesting of JSON objects and arrays accepted in what clients send (commands
+    /// on every JSON transport, emulation bodies, unidirectional connect requests); a
+    /// deeper command is refused as malformed. Protects subscribers' JSON parsers (Python's
+    /// stops near 1000). Herald only (Centrifugo: 10000, Go's limit). Default `512`.
+    pub max_json_depth: usize,
 }
 
 impl Default for ClientConfig {
@@ -494,6 +516,7 @@ impl Default for ClientConfig {
             recovery_max_publication_limit: 300,
             expired_close_delay: Duration::from_secs(25),
             stale_close_delay: Duration::from_secs(10),
+            max_json_depth: 512,
         }
     }
 }
@@ -633,14 +656,33 @@ impl Default for WebsocketConfig {
 }
 
 /// `http_api.*`.
-#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HttpApiConfig {
     /// The API key requests must present (`X-API-Key: <key>` or
-    /// `Authorization: apikey <key>`). Default empty.
+    /// `Authorization: apikey <key>`). Checked from the headers before the body is read.
+    /// Default empty.
     pub key: String,
     /// Accept API requests without a key. Default `false`.
     pub insecure: bool,
+    /// Largest request body of `POST /api/<method>`, bytes; a larger one is answered 413
+    /// (at once when `Content-Length` says so). Herald only. Default `2097152` (2 MiB).
+    pub max_request_body_size: usize,
+    /// Deepest nesting of JSON objects and arrays accepted in a server API request
+    /// (publication data included); a deeper body is answered 400. Herald only (Go's JSON
+    /// decoder, and so Centrifugo, stops at 10000). Default `512`.
+    pub max_json_depth: usize,
+}
+
+impl Default for HttpApiConfig {
+    fn default() -> Self {
+        HttpApiConfig {
+            key: String::new(),
+            insecure: false,
+            max_request_body_size: 2 * 1024 * 1024,
+            max_json_depth: 512,
+        }
+    }
 }
 
 impl fmt::Debug for HttpApiConfig {
@@ -648,6 +690,8 @@ impl fmt::Debug for HttpApiConfig {
         f.debug_struct("HttpApiConfig")
             .field("key", &redacted(&self.key))
             .field("insecure", &self.insecure)
+            .field("max_request_body_size", &self.max_request_body_size)
+            .field("max_json_depth", &self.max_json_depth)
             .finish()
     }
 }
@@ -1094,6 +1138,32 @@ impl Config {
                 "http_server.write_timeout",
                 "must be greater than 0",
             ));
+        }
+        for (key, value) in [
+            (
+                "http_server.handshake_timeout",
+                self.http_server.handshake_timeout,
+            ),
+            (
+                "http_server.request_body_timeout",
+                self.http_server.request_body_timeout,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::invalid(key, "must be greater than 0"));
+            }
+        }
+        for (key, value) in [
+            (
+                "http_api.max_request_body_size",
+                self.http_api.max_request_body_size,
+            ),
+            ("http_api.max_json_depth", self.http_api.max_json_depth),
+            ("client.max_json_depth", self.client.max_json_depth),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be greater than 0"));
+            }
         }
         if self.http_server.http2_max_concurrent_streams == 0 {
             return Err(ConfigError::invalid(

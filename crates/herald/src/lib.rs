@@ -2,8 +2,10 @@
 //!
 //! Module map, top to bottom (imports only flow downwards; transports never import each
 //! other):
-//! - [`server`]: listeners, routing, graceful shutdown.
-//! - [`transport`] adapters, the server [`api`] and the [`web`] pages (chat demo, console).
+//! - [`server`]: listeners, routing, graceful shutdown; [`listener`]: sockets, backlog and
+//!   the deadline before a connection's protocol is known.
+//! - [`transport`] adapters, the server [`api`] and the [`web`] pages (chat demo, console);
+//!   [`request_body`]: the size limit and deadline every request body is read under.
 //! - [`session`]: one connection's state machine.
 //! - [`node`]: the composition root and server-side operations.
 //! - [`hub`] (local fan-out) and [`engine`] (broker and presence behind traits).
@@ -21,9 +23,11 @@ pub mod engine;
 pub mod error;
 pub mod grpc_api;
 pub mod hub;
+pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod protocol;
+pub mod request_body;
 pub mod server;
 pub mod session;
 pub mod transport;

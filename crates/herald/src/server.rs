@@ -21,19 +21,47 @@ use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
+use crate::listener::{self, AcceptErrorLog, FirstBytesDeadline};
 use crate::node::Node;
+use crate::request_body::{self, BodyLimit};
 use crate::transport;
 
 /// How long shutdown waits for clients to go after telling them to reconnect.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most one "accept failed" line per this interval (a full descriptor table fails
+/// every accept).
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Every route on the one listener; transports turned off in the config are not routed.
 pub fn router(node: Arc<Node>) -> Router {
     let cfg = node.config.clone();
-    let limited = |m: MethodRouter<Arc<Node>>, limit: usize| m.layer(DefaultBodyLimit::max(limit));
+    let timeout = cfg.http_server.request_body_timeout;
+    // The body is read by the BodyLimit layer; axum's own default limit must not cut it
+    // earlier.
+    let limited = |m: MethodRouter<Arc<Node>>, max_size: usize, key: &'static str| {
+        m.layer::<_, std::convert::Infallible>(axum::middleware::from_fn_with_state(
+            BodyLimit {
+                max_size,
+                key,
+                timeout,
+            },
+            request_body::buffer,
+        ))
+        .layer(DefaultBodyLimit::disable())
+    };
+    // The key is checked from the headers before any of the body is read.
+    let api = limited(
+        post(crate::api::handler),
+        cfg.http_api.max_request_body_size,
+        "http_api.max_request_body_size",
+    )
+    .layer(axum::middleware::from_fn_with_state(
+        node.clone(),
+        crate::api::require_key,
+    ));
     let mut r = Router::new()
         .route("/connection/websocket", any(transport::websocket::handler))
-        .route("/api/{method}", post(crate::api::handler))
+        .route("/api/{method}", api)
         .route("/health", get(health));
     if cfg.http_stream.enabled {
         r = r.route(
@@ -41,6 +69,7 @@ pub fn router(node: Arc<Node>) -> Router {
             limited(
                 post(transport::http_stream::handler),
                 cfg.http_stream.max_request_body_size,
+                "http_stream.max_request_body_size",
             ),
         );
     }
@@ -50,6 +79,7 @@ pub fn router(node: Arc<Node>) -> Router {
             limited(
                 get(transport::sse::handler).post(transport::sse::handler),
                 cfg.sse.max_request_body_size,
+                "sse.max_request_body_size",
             ),
         );
     }
@@ -59,6 +89,7 @@ pub fn router(node: Arc<Node>) -> Router {
             limited(
                 post(transport::emulation::handler),
                 cfg.emulation.max_request_body_size,
+                "emulation.max_request_body_size",
             ),
         );
     }
@@ -74,6 +105,7 @@ pub fn router(node: Arc<Node>) -> Router {
             limited(
                 post(transport::uni_http_stream::handler),
                 cfg.uni_http_stream.max_request_body_size,
+                "uni_http_stream.max_request_body_size",
             ),
         );
     }
@@ -83,6 +115,7 @@ pub fn router(node: Arc<Node>) -> Router {
             limited(
                 get(transport::uni_sse::handler).post(transport::uni_sse::handler),
                 cfg.uni_sse.max_request_body_size,
+                "uni_sse.max_request_body_size",
             ),
         );
     }
@@ -219,7 +252,8 @@ impl Server {
             node.config.http_server.address, node.config.http_server.port
         );
         let tls = tls_acceptor(&node.config)?;
-        let listener = TcpListener::bind(&address)
+        let backlog = listener::backlog(node.config.http_server.listen_backlog);
+        let listener = listener::bind(&address, backlog)
             .await
             .map_err(|source| ServerError::Bind { address, source })?;
         let cfg = &node.config;
@@ -249,7 +283,7 @@ impl Server {
         }
         let mut grpc = Vec::new();
         for (address, api, clients) in wanted {
-            let listener = TcpListener::bind(&address)
+            let listener = listener::bind(&address, backlog)
                 .await
                 .map_err(|source| ServerError::Bind { address, source })?;
             grpc.push(GrpcListener {
@@ -304,6 +338,7 @@ impl Server {
         }
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let builder = connection_builder(&node.config);
+        let mut accept_errors = AcceptErrorLog::new(ACCEPT_ERROR_LOG_INTERVAL);
         let handshake_timeout = node.config.http_server.handshake_timeout;
         let write_timeout = node.config.http_server.write_timeout;
         tokio::pin!(shutdown);
@@ -329,11 +364,13 @@ impl Server {
                         Ok(s) => s,
                         Err(e) => {
                             // Out of file descriptors and similar: back off instead of spinning.
-                            tracing::warn!(error = %e, "accept failed");
+                            accept_errors.failed(&e);
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             continue;
                         }
                     };
+                    // One deadline from accept covers the TLS handshake and the first bytes.
+                    let deadline = tokio::time::Instant::now() + handshake_timeout;
                     let _ = stream.set_nodelay(true);
                     // A write blocked this long means the client stopped reading: the
                     // connection is closed rather than kept with its buffers forever.
@@ -343,6 +380,7 @@ impl Server {
                     let service = TowerToHyperService::new(app.clone());
                     match &tls {
                         None => {
+                            let stream = FirstBytesDeadline::new(stream, deadline);
                             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                             let conn = graceful.watch(conn.into_owned());
                             tokio::spawn(async move {
@@ -356,7 +394,7 @@ impl Server {
                             let builder = builder.clone();
                             let watcher = graceful.watcher();
                             tokio::spawn(async move {
-                                let tls_stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                let tls_stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                                     Ok(Ok(s)) => s,
                                     Ok(Err(e)) => {
                                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -367,6 +405,14 @@ impl Server {
                                         return;
                                     }
                                 };
+                                // The protocol ALPN selected is the only one spoken on the
+                                // connection (RFC 7301): after `h2`, HTTP/1.1 is refused.
+                                let builder = match tls_stream.get_ref().1.alpn_protocol() {
+                                    Some(b"h2") => builder.http2_only(),
+                                    Some(b"http/1.1") => builder.http1_only(),
+                                    _ => builder,
+                                };
+                                let tls_stream = FirstBytesDeadline::new(tls_stream, deadline);
                                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
                                 if let Err(e) = watcher.watch(conn.into_owned()).await {
                                     tracing::trace!(%peer, error = %e, "connection ended with error");
