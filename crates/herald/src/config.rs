@@ -522,7 +522,7 @@ impl ClientConfig {
 
 /// Token verification keys and claim checks (`client.token.*`, and the same
 /// fields in `client.subscription_token.*`). An empty string means "not set".
-#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TokenConfig {
     /// Shared secret for HS256, HS384 and HS512 tokens.
@@ -535,6 +535,35 @@ pub struct TokenConfig {
     pub audience: String,
     /// When set, tokens must carry this value in `iss`.
     pub issuer: String,
+    /// How far in the future a token's `nbf` (not before) may be and the
+    /// token still be accepted: the clock skew tolerated between the backend
+    /// that mints tokens and Herald. Whole seconds; default 5s; `0` checks
+    /// `nbf` strictly, as Centrifugo does. A token whose `nbf` is further
+    /// ahead is answered as expired (error 109), so the SDKs fetch another
+    /// one. Herald's own key, not Centrifugo's. It does not apply to `exp`:
+    /// see `docs/configuration.md`.
+    #[serde(with = "duration")]
+    pub nbf_leeway: Duration,
+}
+
+/// Default of `client.token.nbf_leeway` (and `client.subscription_token.nbf_leeway`).
+pub const DEFAULT_NBF_LEEWAY: Duration = Duration::from_secs(5);
+
+fn default_nbf_leeway() -> Duration {
+    DEFAULT_NBF_LEEWAY
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig {
+            hmac_secret_key: String::new(),
+            rsa_public_key: String::new(),
+            ecdsa_public_key: String::new(),
+            audience: String::new(),
+            issuer: String::new(),
+            nbf_leeway: DEFAULT_NBF_LEEWAY,
+        }
+    }
 }
 
 impl TokenConfig {
@@ -554,6 +583,7 @@ impl fmt::Debug for TokenConfig {
             .field("ecdsa_public_key", &self.ecdsa_public_key)
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
+            .field("nbf_leeway", &self.nbf_leeway)
             .finish()
     }
 }
@@ -582,6 +612,8 @@ struct SubscriptionTokenRepr {
     ecdsa_public_key: String,
     audience: String,
     issuer: String,
+    #[serde(with = "duration", default = "default_nbf_leeway")]
+    nbf_leeway: Duration,
 }
 
 impl SubscriptionTokenConfig {
@@ -601,6 +633,7 @@ impl From<SubscriptionTokenRepr> for SubscriptionTokenConfig {
                 ecdsa_public_key: r.ecdsa_public_key,
                 audience: r.audience,
                 issuer: r.issuer,
+                nbf_leeway: r.nbf_leeway,
             },
         }
     }
@@ -1128,6 +1161,11 @@ impl Config {
                 "must be greater than client.pong_timeout",
             ));
         }
+        check_whole_seconds("client.token.nbf_leeway", client.token.nbf_leeway)?;
+        check_whole_seconds(
+            "client.subscription_token.nbf_leeway",
+            client.subscription_token.token.nbf_leeway,
+        )?;
         if client.stale_close_delay.is_zero() {
             return Err(ConfigError::invalid(
                 "client.stale_close_delay",
@@ -2683,6 +2721,42 @@ force_recovery = true
         client.subscription_token.enabled = true;
         assert_eq!(client.subscription_token_config().hmac_secret_key, "sub");
         assert!(client.token.is_configured());
+    }
+
+    #[test]
+    fn nbf_leeway_defaults_to_5s_in_both_token_sections_and_takes_whole_seconds() {
+        let cfg = Config::default();
+        assert_eq!(cfg.client.token.nbf_leeway, Duration::from_secs(5));
+        assert_eq!(
+            cfg.client.subscription_token.token.nbf_leeway,
+            Duration::from_secs(5)
+        );
+        // A subscription_token section that does not name the key keeps the default.
+        let (cfg, warnings) = load_str(
+            "json",
+            r#"{"client": {"token": {"nbf_leeway": "30s"},
+                "subscription_token": {"enabled": true, "hmac_secret_key": "s"}}}"#,
+        )
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(cfg.client.token.nbf_leeway, Duration::from_secs(30));
+        assert_eq!(
+            cfg.client.subscription_token.token.nbf_leeway,
+            Duration::from_secs(5)
+        );
+        let (cfg, _) = load_env(&[("HERALD_CLIENT_SUBSCRIPTION_TOKEN_NBF_LEEWAY", "0")]).unwrap();
+        assert_eq!(
+            cfg.client.subscription_token.token.nbf_leeway,
+            Duration::ZERO
+        );
+
+        let mut cfg = Config::default();
+        cfg.client.token.nbf_leeway = Duration::from_millis(1500);
+        assert!(
+            validation_error(&cfg).starts_with("client.token.nbf_leeway: 1.5s has sub-second"),
+            "{}",
+            validation_error(&cfg)
+        );
     }
 
     #[test]
