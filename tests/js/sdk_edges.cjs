@@ -6,11 +6,14 @@
 //                  the connection and for a subscription to a private channel: the server answers 109 (token
 //                  expired), the SDK calls getToken again and connects (subscribes), with no disconnect 3500 and
 //                  no unsubscribe.
+//   empty-channel  presence stats and presence of a channel with nobody in it: numClients and numUsers are 0
+//                  (not undefined) and clients is an empty object; the server API's presence_stats answers zeros.
 //
 //   node tests/js/sdk_edges.cjs --ws ws://127.0.0.1:PORT/connection/websocket --api http://127.0.0.1:PORT \
-//        --api-key KEY --secret HMAC_SECRET --case nbf
+//        --api-key KEY --secret HMAC_SECRET --case nbf|empty-channel
 //
-// The server needs the HMAC secret in client.token.hmac_secret_key. Prints one line per check (`ok   name` or `FAIL name :: detail`) and
+// The server needs the HMAC secret in client.token.hmac_secret_key, and for empty-channel a `stats` namespace with
+// presence and allow_presence_for_client. Prints one line per check (`ok   name` or `FAIL name :: detail`) and
 // then exactly `N passed, M failed`; exits 1 on any failure. Every wait is bounded and a watchdog ends the run.
 'use strict';
 
@@ -197,7 +200,33 @@ async function nbfCase() {
     { state: c.state, disconnected: c.seen.disconnected });
 }
 
-const CASES = { nbf: nbfCase };
+// A channel nobody is in: the SDK reads zeros and an empty presence map, not undefined.
+async function emptyChannelCase() {
+  const user = `empty-${process.pid}`;
+  const c = newClient('empty', { token: hs256({ sub: user, exp: nowSecs() + 3600 }) });
+  c.connect();
+  const connected = await waitFor(() => c.seen.connected.length === 1, 5000);
+  check('connect', connected, { state: c.state, errors: c.seen.errors, disconnected: c.seen.disconnected });
+  if (!connected) return;
+  const channel = `stats:empty-${process.pid}`;
+
+  const stats = await settle(c.presenceStats(channel), 5000);
+  check('presenceStats of an empty channel: numClients === 0 and numUsers === 0',
+    stats.value && stats.value.numClients === 0 && stats.value.numUsers === 0, stats.error || stats.value);
+
+  const pres = await settle(c.presence(channel), 5000);
+  check('presence of an empty channel: clients is an empty object',
+    pres.value && pres.value.clients !== null && typeof pres.value.clients === 'object' &&
+      Object.keys(pres.value.clients).length === 0,
+    pres.error || { clients: pres.value && pres.value.clients === undefined ? 'undefined' : pres.value.clients });
+
+  const r = await api('presence_stats', { channel });
+  check('server API presence_stats of an empty channel answers num_clients 0 and num_users 0',
+    r.status === 200 && r.json && r.json.result && r.json.result.num_clients === 0 && r.json.result.num_users === 0,
+    { status: r.status, body: r.text });
+}
+
+const CASES = { nbf: nbfCase, 'empty-channel': emptyChannelCase };
 const { Centrifuge, WebSocket } = loadDeps();
 const args = parseArgs(process.argv.slice(2));
 

@@ -7,7 +7,8 @@
 //! and the script's dependencies: `npm ci --prefix tests/js` (`./scripts/test` does it).
 //!
 //! `tests/js/sdk_edges.cjs` holds edge cases, one per test here: a token whose `nbf` is ahead (the SDK must get
-//! 109 and fetch another token, for the connection and for a subscription).
+//! 109 and fetch another token, for the connection and for a subscription), and a channel with nobody in it
+//! (presence stats must decode as zeros).
 
 mod common;
 
@@ -15,6 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Herald, default_config, repo_root, run_with_timeout};
+use serde_json::json;
 
 /// The script stops itself after 60 s; this is the outer bound.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -96,4 +98,17 @@ fn run_edge_case(herald: &Herald, case: &str) {
 fn centrifuge_js_sdk_refetches_a_token_whose_nbf_is_ahead() {
     let herald = Herald::start(default_config());
     run_edge_case(&herald, "nbf");
+}
+
+/// Presence stats of a channel with nobody in it decode as numClients 0 and numUsers 0 in the SDK (the JSON
+/// carries the zeros, as Centrifugo's does), presence as an empty map, and the server API answers zeros.
+#[test]
+fn centrifuge_js_sdk_reads_zero_presence_stats_of_an_empty_channel() {
+    let mut config = default_config();
+    config["channel"]["namespaces"]
+        .as_array_mut()
+        .expect("default_config has namespaces")
+        .push(json!({"name": "stats", "presence": true, "allow_presence_for_client": true}));
+    let herald = Herald::start(config);
+    run_edge_case(&herald, "empty-channel");
 }
