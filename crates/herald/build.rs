@@ -20,6 +20,22 @@ const RAW_JSON_FIELDS: &[&str] = &[
     "SendRequest.data",
 ];
 
+/// Fields the JSON encoding always writes, even when zero or empty: those Centrifugo's
+/// protocol declares without `omitempty` (the JSON tags in centrifugal/protocol's
+/// `client.pb.go`), because the SDKs read them unconditionally (centrifuge-js returns
+/// `numClients: result.num_clients`, which must be `0`, not `undefined`). Every other
+/// field is omitted when it equals its default. The Protobuf encoding is unaffected.
+const ALWAYS_PRESENT_FIELDS: &[&str] = &[
+    "ClientInfo.user",
+    "ClientInfo.client",
+    "PresenceResult.presence",
+    "PresenceStatsResult.num_clients",
+    "PresenceStatsResult.num_users",
+    "HistoryResult.publications",
+    "HistoryResult.epoch",
+    "HistoryResult.offset",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let files = protox::compile(["proto/client.proto"], ["proto"])?;
@@ -29,10 +45,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ".herald.client",
         "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
     );
-    config.field_attribute(
-        ".herald.client",
-        "#[serde(skip_serializing_if = \"crate::protocol::json::is_default\")]",
-    );
+    let mut always_present: Vec<&str> = ALWAYS_PRESENT_FIELDS.to_vec();
+    for file in &files.file {
+        for message in &file.message_type {
+            for field in &message.field {
+                let name = format!("{}.{}", message.name(), field.name());
+                if let Some(i) = always_present.iter().position(|f| *f == name) {
+                    always_present.swap_remove(i);
+                    continue;
+                }
+                config.field_attribute(
+                    format!(".herald.client.{name}"),
+                    "#[serde(skip_serializing_if = \"crate::protocol::json::is_default\")]",
+                );
+            }
+        }
+    }
+    // A name that matches no field (a typo, a renamed field) would silently drop a guarantee.
+    if !always_present.is_empty() {
+        return Err(
+            format!("ALWAYS_PRESENT_FIELDS names unknown fields: {always_present:?}").into(),
+        );
+    }
     for field in RAW_JSON_FIELDS {
         config.field_attribute(
             format!(".herald.client.{field}"),

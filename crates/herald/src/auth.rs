@@ -17,7 +17,14 @@
 //! - `exp`, when present, must be in the future, with no leeway: a token is
 //!   expired from the second its `exp` names ([`TokenError::Expired`]). A
 //!   token without `exp` does not expire.
-//! - `nbf`, when present, must not be in the future.
+//! - `nbf`, when present, must not be more than `nbf_leeway` (default 5 s)
+//!   in the future. A token that is not valid yet is reported as
+//!   [`TokenError::Expired`], as Centrifugo does: the client answer is the
+//!   same (error 109, fetch a new token), whereas an invalid token ends the
+//!   connection for good (3500) and the SDKs would never reconnect. The
+//!   leeway absorbs clock skew between the backend that mints tokens with
+//!   `nbf` = now and Herald; it does not extend `exp`, which stays the
+//!   issuer's exact bound on the credentials.
 //! - `aud` must contain the configured audience, and `iss` must equal the
 //!   configured issuer, when those are configured; otherwise they are not
 //!   checked.
@@ -50,7 +57,8 @@ use crate::config::{ClientConfig, TokenConfig};
 /// not echo the token.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    /// The token's `exp` has passed. Clients should fetch a new token.
+    /// The token's `exp` has passed, or its `nbf` is still ahead by more than
+    /// the leeway. Clients should fetch a new token (error 109).
     #[error("token expired")]
     Expired,
     /// The token is malformed, badly signed, or its claims do not fit.
@@ -120,6 +128,8 @@ struct Inner {
     ecdsa: Option<(DecodingKey, Algorithm)>,
     audience: Option<String>,
     issuer: Option<String>,
+    /// `nbf_leeway` in whole seconds: how far ahead `nbf` may be.
+    nbf_leeway: i64,
 }
 
 impl fmt::Debug for TokenVerifier {
@@ -130,6 +140,7 @@ impl fmt::Debug for TokenVerifier {
             .field("ecdsa", &self.inner.ecdsa.as_ref().map(|(_, alg)| *alg))
             .field("audience", &self.inner.audience)
             .field("issuer", &self.inner.issuer)
+            .field("nbf_leeway", &self.inner.nbf_leeway)
             .finish()
     }
 }
@@ -202,6 +213,7 @@ impl TokenVerifier {
                 ecdsa,
                 audience: non_empty(&cfg.audience),
                 issuer: non_empty(&cfg.issuer),
+                nbf_leeway: i64::try_from(cfg.nbf_leeway.as_secs()).unwrap_or(i64::MAX),
             }),
         })
     }
@@ -272,8 +284,13 @@ impl TokenVerifier {
         if claims.exp.is_some_and(|exp| exp <= now) {
             return Err(TokenError::Expired);
         }
-        if claims.nbf.is_some_and(|nbf| nbf > now) {
-            return Err(invalid("token not valid yet (nbf)"));
+        // Not valid yet: expired, not invalid, so that the client fetches another token
+        // (Centrifugo answers the same), with a leeway for clock skew.
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(self.inner.nbf_leeway))
+        {
+            return Err(TokenError::Expired);
         }
         if let Some(audience) = &self.inner.audience {
             let ok = match &claims.aud {
@@ -689,10 +706,89 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
     }
 
     #[test]
-    fn not_yet_valid_token() {
-        let token = hs256(&json!({"sub": "42", "nbf": unix_now() + 600}));
-        let reason = invalid_reason(verifier(&hmac_cfg()).verify_connect(&token).unwrap_err());
-        assert!(reason.contains("nbf"), "{reason}");
+    fn nbf_in_the_future_is_expired_not_invalid() {
+        // Beyond the default leeway: connection and subscription tokens alike are
+        // "expired" (error 109, fetch a new token), not invalid (3500, never reconnect).
+        let v = verifier(&hmac_cfg());
+        let far = unix_now() + 600;
+        let err = v
+            .verify_connect(&hs256(&json!({"sub": "42", "nbf": far})))
+            .unwrap_err();
+        assert!(matches!(err, TokenError::Expired), "{err:?}");
+        let err = v
+            .verify_subscribe(&hs256(&json!({"channel": "$c", "nbf": far})))
+            .unwrap_err();
+        assert!(matches!(err, TokenError::Expired), "{err:?}");
+        // Even with an exp far ahead.
+        let err = v
+            .verify_connect(&hs256(&json!({"nbf": far, "exp": far + 3600})))
+            .unwrap_err();
+        assert!(matches!(err, TokenError::Expired), "{err:?}");
+    }
+
+    #[test]
+    fn nbf_leeway_absorbs_clock_skew() {
+        let now = unix_now();
+        // The default leeway (5 s): nbf 3 s ahead passes, 30 s ahead does not.
+        assert_eq!(TokenConfig::default().nbf_leeway, Duration::from_secs(5));
+        let v = verifier(&hmac_cfg());
+        let skewed = hs256(&json!({"sub": "42", "nbf": now + 3}));
+        assert_eq!(v.verify_connect(&skewed).unwrap().user, "42");
+        let sub_skewed = hs256(&json!({"channel": "$c", "nbf": now + 3}));
+        assert_eq!(v.verify_subscribe(&sub_skewed).unwrap().channel, "$c");
+        assert!(matches!(
+            v.verify_connect(&hs256(&json!({"nbf": now + 30}))),
+            Err(TokenError::Expired)
+        ));
+        // nbf in the past or now always passes.
+        v.verify_connect(&hs256(&json!({"nbf": now}))).unwrap();
+        v.verify_connect(&hs256(&json!({"nbf": now - 60}))).unwrap();
+
+        // A leeway of 0 checks nbf strictly; a larger one lets nbf 30 s ahead through.
+        let strict = verifier(&TokenConfig {
+            nbf_leeway: Duration::ZERO,
+            ..hmac_cfg()
+        });
+        assert!(matches!(
+            strict.verify_connect(&hs256(&json!({"nbf": now + 3}))),
+            Err(TokenError::Expired)
+        ));
+        let lenient = verifier(&TokenConfig {
+            nbf_leeway: Duration::from_secs(60),
+            ..hmac_cfg()
+        });
+        lenient
+            .verify_connect(&hs256(&json!({"nbf": now + 30})))
+            .unwrap();
+
+        // The leeway does not apply to exp: expired a second ago is expired.
+        let expired = hs256(&json!({"exp": now - 1}));
+        assert!(matches!(
+            lenient.verify_connect(&expired),
+            Err(TokenError::Expired)
+        ));
+    }
+
+    #[test]
+    fn subscription_tokens_use_their_own_leeway_when_enabled() {
+        let mut client = ClientConfig {
+            token: hmac_cfg(),
+            ..ClientConfig::default()
+        };
+        client.subscription_token.enabled = true;
+        client.subscription_token.token = TokenConfig {
+            nbf_leeway: Duration::ZERO,
+            ..hmac_cfg()
+        };
+        let token = hs256(&json!({"channel": "$c", "nbf": unix_now() + 3}));
+        let v = TokenVerifier::for_subscriptions(&client).unwrap();
+        assert!(matches!(
+            v.verify_subscribe(&token),
+            Err(TokenError::Expired)
+        ));
+        client.subscription_token.enabled = false;
+        let v = TokenVerifier::for_subscriptions(&client).unwrap();
+        assert_eq!(v.verify_subscribe(&token).unwrap().channel, "$c");
     }
 
     #[test]

@@ -279,91 +279,227 @@ impl Default for HttpServerConfig {
     }
 }
 
-/// `http_server.tls.*`, as in Centrifugo v6: the certificate and key come from a file,
-/// base64 or inline PEM (first non-empty pair wins, in that order).
+/// `http_server.tls.*`, as in Centrifugo v6: `cert_pem` and `key_pem` each take PEM text,
+/// base64 of the PEM, or the path of a PEM file, detected in Centrifugo's order (see
+/// [`TlsConfig::identity`]). Herald's earlier keys stay as aliases of one form each:
+/// `cert_pem_file`/`key_pem_file` (a path), `cert_pem_b64`/`key_pem_b64` (base64).
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TlsConfig {
-    /// Turn TLS on. A certificate and key given without `enabled` also turn it on.
+    /// Turn TLS on. A certificate or key given without `enabled` turns it on too
+    /// (Centrifugo needs `enabled`).
     pub enabled: bool,
-    /// Path to the certificate chain in PEM.
-    pub cert_pem_file: String,
-    /// Path to the private key in PEM.
-    pub key_pem_file: String,
-    /// Base64 of the certificate chain PEM.
-    pub cert_pem_b64: String,
-    /// Base64 of the private key PEM.
-    pub key_pem_b64: String,
-    /// Certificate chain PEM, inline.
+    /// The certificate chain: PEM text, base64 of the PEM, or a path to a PEM file.
     pub cert_pem: String,
-    /// Private key PEM, inline.
+    /// The private key: PEM text, base64 of the PEM, or a path to a PEM file.
     pub key_pem: String,
+    /// Alias of `cert_pem` that takes only a path.
+    pub cert_pem_file: String,
+    /// Alias of `key_pem` that takes only a path.
+    pub key_pem_file: String,
+    /// Alias of `cert_pem` that takes only base64 of the PEM.
+    pub cert_pem_b64: String,
+    /// Alias of `key_pem` that takes only base64 of the PEM.
+    pub key_pem_b64: String,
 }
 
 impl std::fmt::Debug for TlsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsConfig")
             .field("enabled", &self.enabled)
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &redacted(&self.key_pem))
             .field("cert_pem_file", &self.cert_pem_file)
             .field("key_pem_file", &self.key_pem_file)
             .field("key_pem_b64", &redacted(&self.key_pem_b64))
-            .field("key_pem", &redacted(&self.key_pem))
             .finish_non_exhaustive()
     }
 }
 
+/// The certificate chain and private key `http_server.tls` names, parsed.
+#[derive(Debug)]
+pub struct TlsIdentity {
+    /// The certificate chain, leaf first, as in the PEM.
+    pub certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+    /// The key that gave the certificate, e.g. `http_server.tls.cert_pem`, for messages.
+    pub cert_key: String,
+    /// The key that gave the private key, e.g. `http_server.tls.key_pem`, for messages.
+    pub key_key: String,
+}
+
+/// How a TLS key's value is read.
+#[derive(Clone, Copy)]
+enum PemForm {
+    /// PEM text, base64 of the PEM, or a path (Centrifugo's `cert_pem`, `key_pem`).
+    Any,
+    /// A path only (`*_pem_file`).
+    File,
+    /// Base64 of the PEM only (`*_pem_b64`).
+    Base64,
+}
+
 impl TlsConfig {
-    /// Whether TLS is on: `enabled`, or a certificate and key were given.
+    /// Whether TLS is on: `enabled`, or a certificate or key is given (then both must be).
     pub fn is_on(&self) -> bool {
         self.enabled
-            || (!self.cert_pem_file.is_empty() && !self.key_pem_file.is_empty())
-            || (!self.cert_pem_b64.is_empty() && !self.key_pem_b64.is_empty())
-            || (!self.cert_pem.is_empty() && !self.key_pem.is_empty())
+            || [
+                &self.cert_pem,
+                &self.key_pem,
+                &self.cert_pem_file,
+                &self.key_pem_file,
+                &self.cert_pem_b64,
+                &self.key_pem_b64,
+            ]
+            .iter()
+            .any(|v| !v.trim().is_empty())
     }
 
-    /// The certificate chain and key PEM bytes, from the first source set.
-    pub fn pem(&self) -> Result<(Vec<u8>, Vec<u8>), ConfigError> {
-        use base64::Engine;
-        if !self.cert_pem_file.is_empty() || !self.key_pem_file.is_empty() {
-            let read = |key: &str, path: &str| {
-                std::fs::read(path).map_err(|e| {
-                    ConfigError::invalid(
-                        format!("http_server.tls.{key}"),
-                        format!("cannot read {path:?}: {e}"),
-                    )
-                })
+    /// Reads and parses the certificate chain and the private key.
+    ///
+    /// `cert_pem` and `key_pem` are read as Centrifugo v6 reads them, trying in order:
+    /// PEM text (the value holds a PEM block), base64 of PEM text, the path of an
+    /// existing file holding PEM. At most one of `cert_pem`, `cert_pem_file` and
+    /// `cert_pem_b64` may be set, and likewise for the key. Every error names the key.
+    pub fn identity(&self) -> Result<TlsIdentity, ConfigError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let (cert_key, cert_from, cert_pem) = Self::source(
+            "certificate",
+            [
+                ("cert_pem", &self.cert_pem, PemForm::Any),
+                ("cert_pem_file", &self.cert_pem_file, PemForm::File),
+                ("cert_pem_b64", &self.cert_pem_b64, PemForm::Base64),
+            ],
+        )?;
+        let (key_key, key_from, key_pem) = Self::source(
+            "private key",
+            [
+                ("key_pem", &self.key_pem, PemForm::Any),
+                ("key_pem_file", &self.key_pem_file, PemForm::File),
+                ("key_pem_b64", &self.key_pem_b64, PemForm::Base64),
+            ],
+        )?;
+        let certs = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::invalid(&cert_key, format!("{cert_from}: bad PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(ConfigError::invalid(
+                &cert_key,
+                format!("{cert_from}: no CERTIFICATE block in the PEM"),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            let why = match e {
+                rustls::pki_types::pem::Error::NoItemsFound => {
+                    "no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block in the PEM".to_owned()
+                }
+                e => format!("bad PEM: {e}"),
             };
-            return Ok((
-                read("cert_pem_file", &self.cert_pem_file)?,
-                read("key_pem_file", &self.key_pem_file)?,
-            ));
+            ConfigError::invalid(&key_key, format!("{key_from}: {why}"))
+        })?;
+        Ok(TlsIdentity {
+            certs,
+            key,
+            cert_key,
+            key_key,
+        })
+    }
+
+    /// The one set key among `candidates` and its PEM bytes: `(dotted key, where the
+    /// PEM came from, PEM)`. `what` names the item in messages.
+    fn source(
+        what: &str,
+        candidates: [(&str, &String, PemForm); 3],
+    ) -> Result<(String, String, Vec<u8>), ConfigError> {
+        let key = |name: &str| format!("http_server.tls.{name}");
+        let set: Vec<_> = candidates
+            .iter()
+            .filter(|(_, value, _)| !value.trim().is_empty())
+            .collect();
+        match set.as_slice() {
+            [] => Err(ConfigError::invalid(
+                key(candidates[0].0),
+                format!(
+                    "TLS is on but no {what} is set: give {} (PEM text, base64 of the PEM, or a file path)",
+                    key(candidates[0].0)
+                ),
+            )),
+            [(name, value, form)] => {
+                let (from, pem) = load_pem(value.trim(), *form)
+                    .map_err(|m| ConfigError::invalid(key(name), m))?;
+                Ok((key(name), from, pem))
+            }
+            [first, second, ..] => Err(ConfigError::invalid(
+                key(first.0),
+                format!(
+                    "{} is set too; give the {what} once, in one of them",
+                    key(second.0)
+                ),
+            )),
         }
-        if !self.cert_pem_b64.is_empty() || !self.key_pem_b64.is_empty() {
-            let decode = |key: &str, v: &str| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(v.trim())
-                    .map_err(|e| {
-                        ConfigError::invalid(
-                            format!("http_server.tls.{key}"),
-                            format!("not base64: {e}"),
-                        )
-                    })
+    }
+}
+
+/// Whether `bytes` hold a PEM block (`-----BEGIN …-----` through `-----END …-----`).
+fn holds_pem(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    text.find("-----BEGIN ")
+        .is_some_and(|begin| text[begin..].contains("-----END "))
+}
+
+/// Reads one TLS value in `form`; returns where the PEM came from (for messages) and the
+/// PEM. The order for [`PemForm::Any`] is Centrifugo's (`PEMData.Load`): PEM text, then
+/// base64 of PEM, then the path of an existing file.
+fn load_pem(value: &str, form: PemForm) -> Result<(String, Vec<u8>), String> {
+    use base64::Engine;
+    let read_file = |path: &str| -> Result<(String, Vec<u8>), String> {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read the file {path:?}: {e}"))?;
+        if !holds_pem(&bytes) {
+            return Err(format!("the file {path:?} holds no PEM block"));
+        }
+        Ok((format!("the file {path:?}"), bytes))
+    };
+    // Line breaks are skipped, as Go's decoder does (`base64 cert.pem` wraps its output).
+    let base64 = |value: &str| {
+        let compact: String = value.split_ascii_whitespace().collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(compact)
+            .ok()
+            .filter(|bytes| holds_pem(bytes))
+    };
+    match form {
+        PemForm::File => read_file(value),
+        PemForm::Base64 => base64(value)
+            .map(|pem| ("base64 PEM".to_owned(), pem))
+            .ok_or_else(|| "not base64 of a PEM block".to_owned()),
+        PemForm::Any => {
+            if holds_pem(value.as_bytes()) {
+                return Ok(("inline PEM".to_owned(), value.as_bytes().to_vec()));
+            }
+            if let Some(pem) = base64(value) {
+                return Ok(("base64 PEM".to_owned(), pem));
+            }
+            if std::path::Path::new(value).is_file() {
+                return read_file(value);
+            }
+            // Name the value when it looks like a path: it holds a dot, which neither PEM
+            // nor base64 key material has, so a private key is never echoed.
+            let shown = if value.len() <= 256
+                && value.contains('.')
+                && !value.contains(char::is_whitespace)
+            {
+                format!("{value:?} is ")
+            } else {
+                String::new()
             };
-            return Ok((
-                decode("cert_pem_b64", &self.cert_pem_b64)?,
-                decode("key_pem_b64", &self.key_pem_b64)?,
-            ));
+            Err(format!(
+                "{shown}not PEM text, base64 of PEM, or the path of an existing file"
+            ))
         }
-        if !self.cert_pem.is_empty() && !self.key_pem.is_empty() {
-            return Ok((
-                self.cert_pem.clone().into_bytes(),
-                self.key_pem.clone().into_bytes(),
-            ));
-        }
-        Err(ConfigError::invalid(
-            "http_server.tls",
-            "enabled, but no certificate and key: set cert_pem_file and key_pem_file",
-        ))
     }
 }
 
@@ -545,7 +681,7 @@ impl ClientConfig {
 
 /// Token verification keys and claim checks (`client.token.*`, and the same
 /// fields in `client.subscription_token.*`). An empty string means "not set".
-#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TokenConfig {
     /// Shared secret for HS256, HS384 and HS512 tokens.
@@ -558,6 +694,35 @@ pub struct TokenConfig {
     pub audience: String,
     /// When set, tokens must carry this value in `iss`.
     pub issuer: String,
+    /// How far in the future a token's `nbf` (not before) may be and the
+    /// token still be accepted: the clock skew tolerated between the backend
+    /// that mints tokens and Herald. Whole seconds; default 5s; `0` checks
+    /// `nbf` strictly, as Centrifugo does. A token whose `nbf` is further
+    /// ahead is answered as expired (error 109), so the SDKs fetch another
+    /// one. Herald's own key, not Centrifugo's. It does not apply to `exp`:
+    /// see `docs/configuration.md`.
+    #[serde(with = "duration")]
+    pub nbf_leeway: Duration,
+}
+
+/// Default of `client.token.nbf_leeway` (and `client.subscription_token.nbf_leeway`).
+pub const DEFAULT_NBF_LEEWAY: Duration = Duration::from_secs(5);
+
+fn default_nbf_leeway() -> Duration {
+    DEFAULT_NBF_LEEWAY
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig {
+            hmac_secret_key: String::new(),
+            rsa_public_key: String::new(),
+            ecdsa_public_key: String::new(),
+            audience: String::new(),
+            issuer: String::new(),
+            nbf_leeway: DEFAULT_NBF_LEEWAY,
+        }
+    }
 }
 
 impl TokenConfig {
@@ -577,6 +742,7 @@ impl fmt::Debug for TokenConfig {
             .field("ecdsa_public_key", &self.ecdsa_public_key)
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
+            .field("nbf_leeway", &self.nbf_leeway)
             .finish()
     }
 }
@@ -605,6 +771,8 @@ struct SubscriptionTokenRepr {
     ecdsa_public_key: String,
     audience: String,
     issuer: String,
+    #[serde(with = "duration", default = "default_nbf_leeway")]
+    nbf_leeway: Duration,
 }
 
 impl SubscriptionTokenConfig {
@@ -624,6 +792,7 @@ impl From<SubscriptionTokenRepr> for SubscriptionTokenConfig {
                 ecdsa_public_key: r.ecdsa_public_key,
                 audience: r.audience,
                 issuer: r.issuer,
+                nbf_leeway: r.nbf_leeway,
             },
         }
     }
@@ -1118,7 +1287,7 @@ impl Config {
 
         let tls = &self.http_server.tls;
         if tls.is_on() {
-            tls.pem()?;
+            tls.identity()?;
         }
         let main = (&self.http_server.address, self.http_server.port);
         for (key, address, port) in [
@@ -1198,6 +1367,11 @@ impl Config {
                 "must be greater than client.pong_timeout",
             ));
         }
+        check_whole_seconds("client.token.nbf_leeway", client.token.nbf_leeway)?;
+        check_whole_seconds(
+            "client.subscription_token.nbf_leeway",
+            client.subscription_token.token.nbf_leeway,
+        )?;
         if client.stale_close_delay.is_zero() {
             return Err(ConfigError::invalid(
                 "client.stale_close_delay",
@@ -2756,13 +2930,255 @@ force_recovery = true
     }
 
     #[test]
+    fn nbf_leeway_defaults_to_5s_in_both_token_sections_and_takes_whole_seconds() {
+        let cfg = Config::default();
+        assert_eq!(cfg.client.token.nbf_leeway, Duration::from_secs(5));
+        assert_eq!(
+            cfg.client.subscription_token.token.nbf_leeway,
+            Duration::from_secs(5)
+        );
+        // A subscription_token section that does not name the key keeps the default.
+        let (cfg, warnings) = load_str(
+            "json",
+            r#"{"client": {"token": {"nbf_leeway": "30s"},
+                "subscription_token": {"enabled": true, "hmac_secret_key": "s"}}}"#,
+        )
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(cfg.client.token.nbf_leeway, Duration::from_secs(30));
+        assert_eq!(
+            cfg.client.subscription_token.token.nbf_leeway,
+            Duration::from_secs(5)
+        );
+        let (cfg, _) = load_env(&[("HERALD_CLIENT_SUBSCRIPTION_TOKEN_NBF_LEEWAY", "0")]).unwrap();
+        assert_eq!(
+            cfg.client.subscription_token.token.nbf_leeway,
+            Duration::ZERO
+        );
+
+        let mut cfg = Config::default();
+        cfg.client.token.nbf_leeway = Duration::from_millis(1500);
+        assert!(
+            validation_error(&cfg).starts_with("client.token.nbf_leeway: 1.5s has sub-second"),
+            "{}",
+            validation_error(&cfg)
+        );
+    }
+
+    /// A self-signed certificate and its key, as PEM text.
+    fn tls_pair() -> (String, String) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .expect("rcgen certificate");
+        (certified.cert.pem(), certified.signing_key.serialize_pem())
+    }
+
+    fn wrap76(s: &str) -> String {
+        let lines: Vec<&str> = s
+            .as_bytes()
+            .chunks(76)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        lines.join("\n") + "\n"
+    }
+
+    fn tls_error(tls: TlsConfig) -> String {
+        assert!(tls.is_on());
+        let mut cfg = Config::default();
+        cfg.http_server.tls = tls;
+        validation_error(&cfg)
+    }
+
+    #[test]
+    fn tls_cert_pem_and_key_pem_take_pem_text_base64_or_a_path_as_centrifugo() {
+        use base64::Engine;
+        let (cert, key) = tls_pair();
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let cert_file = write_temp("crt", &cert);
+        let key_file = write_temp("key", &key);
+        let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+        let expected = TlsConfig {
+            cert_pem: cert.clone(),
+            key_pem: key.clone(),
+            ..TlsConfig::default()
+        }
+        .identity()
+        .unwrap();
+        assert_eq!(expected.certs.len(), 1);
+        assert_eq!(expected.cert_key, "http_server.tls.cert_pem");
+        assert_eq!(expected.key_key, "http_server.tls.key_pem");
+        let cases = [
+            (cert.clone(), key.clone()),
+            (b64(&cert), b64(&key)),
+            (path(&cert_file), path(&key_file)),
+            // Mixed forms, and surrounding whitespace.
+            (format!("  {}\n", path(&cert_file)), b64(&key)),
+            // Base64 wrapped at 76 columns, as `base64 cert.pem` prints it.
+            (wrap76(&b64(&cert)), b64(&key)),
+        ];
+        for (cert_pem, key_pem) in cases {
+            let tls = TlsConfig {
+                cert_pem: cert_pem.clone(),
+                key_pem,
+                ..TlsConfig::default()
+            };
+            assert!(
+                tls.is_on(),
+                "a certificate and key turn TLS on without enabled"
+            );
+            let id = tls
+                .identity()
+                .unwrap_or_else(|e| panic!("{cert_pem:?}: {e}"));
+            assert_eq!(id.certs, expected.certs);
+            assert_eq!(id.key.secret_der(), expected.key.secret_der());
+            let mut cfg = Config::default();
+            cfg.http_server.tls = tls;
+            cfg.validate().unwrap();
+        }
+        // Herald's aliases, one form each.
+        let aliases = [
+            TlsConfig {
+                cert_pem_file: path(&cert_file),
+                key_pem_file: path(&key_file),
+                ..TlsConfig::default()
+            },
+            TlsConfig {
+                enabled: true,
+                cert_pem_b64: b64(&cert),
+                key_pem_b64: b64(&key),
+                ..TlsConfig::default()
+            },
+            TlsConfig {
+                cert_pem_file: path(&cert_file),
+                key_pem: key.clone(),
+                ..TlsConfig::default()
+            },
+        ];
+        for tls in aliases {
+            let id = tls.identity().unwrap_or_else(|e| panic!("{tls:?}: {e}"));
+            assert_eq!(id.certs, expected.certs);
+        }
+        // From a config file, with Centrifugo's key names.
+        let (cfg, warnings) = load_str(
+            "json",
+            &serde_json::json!({"http_server": {"tls": {
+                "enabled": true, "cert_pem": path(&cert_file), "key_pem": path(&key_file)
+            }}})
+            .to_string(),
+        )
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            cfg.http_server.tls.identity().unwrap().certs,
+            expected.certs
+        );
+        let _ = std::fs::remove_file(cert_file);
+        let _ = std::fs::remove_file(key_file);
+    }
+
+    #[test]
+    fn tls_errors_name_the_key() {
+        use base64::Engine;
+        let (cert, key) = tls_pair();
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let with = |cert_pem: &str, key_pem: &str| TlsConfig {
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+            ..TlsConfig::default()
+        };
+
+        let err = tls_error(with("/nonexistent/dir/cert.pem", &key));
+        assert_eq!(
+            err,
+            "http_server.tls.cert_pem: \"/nonexistent/dir/cert.pem\" is not PEM text, base64 of PEM, \
+             or the path of an existing file"
+        );
+        // A value that may be key material is not echoed.
+        let err = tls_error(with(&cert, "c2VjcmV0LWtleS1tYXRlcmlhbA"));
+        assert!(
+            err.starts_with("http_server.tls.key_pem: not PEM text"),
+            "{err}"
+        );
+        assert!(!err.contains("c2VjcmV0"), "{err}");
+
+        let not_pem = write_temp("txt", "hello");
+        let err = tls_error(with(&not_pem.to_string_lossy(), &key));
+        assert!(
+            err.starts_with("http_server.tls.cert_pem: the file ")
+                && err.ends_with("holds no PEM block"),
+            "{err}"
+        );
+        let _ = std::fs::remove_file(not_pem);
+
+        // The wrong kind of block.
+        let err = tls_error(with(&key, &key));
+        assert!(
+            err.starts_with("http_server.tls.cert_pem: inline PEM: no CERTIFICATE block"),
+            "{err}"
+        );
+        let err = tls_error(with(&cert, &b64(&cert)));
+        assert!(
+            err.starts_with("http_server.tls.key_pem: base64 PEM: no PRIVATE KEY"),
+            "{err}"
+        );
+
+        // Half a pair, nothing at all, or the same item twice.
+        let err = tls_error(with(&cert, ""));
+        assert!(
+            err.starts_with("http_server.tls.key_pem: TLS is on but no private key"),
+            "{err}"
+        );
+        let err = tls_error(TlsConfig {
+            enabled: true,
+            ..TlsConfig::default()
+        });
+        assert!(
+            err.starts_with("http_server.tls.cert_pem: TLS is on but no certificate"),
+            "{err}"
+        );
+        let err = tls_error(TlsConfig {
+            cert_pem_file: "/x/cert.pem".to_owned(),
+            ..with(&cert, &key)
+        });
+        assert_eq!(
+            err,
+            "http_server.tls.cert_pem: http_server.tls.cert_pem_file is set too; give the \
+             certificate once, in one of them"
+        );
+
+        // The aliases keep their single form.
+        let err = tls_error(TlsConfig {
+            cert_pem_file: cert.clone(),
+            key_pem: key.clone(),
+            ..TlsConfig::default()
+        });
+        assert!(
+            err.starts_with("http_server.tls.cert_pem_file: cannot read the file"),
+            "{err}"
+        );
+        let err = tls_error(TlsConfig {
+            cert_pem_b64: cert.clone(),
+            key_pem: key.clone(),
+            ..TlsConfig::default()
+        });
+        assert_eq!(
+            err,
+            "http_server.tls.cert_pem_b64: not base64 of a PEM block"
+        );
+
+        // Off unless enabled or something is given.
+        assert!(!TlsConfig::default().is_on());
+    }
+
+    #[test]
     fn debug_output_hides_secrets() {
         let mut cfg = Config::default();
         cfg.client.token.hmac_secret_key = "top-secret-value".to_owned();
         cfg.http_api.key = "api-key-value".to_owned();
         cfg.admin.password = "admin-password-value".to_owned();
         cfg.admin.secret = "admin-secret-value".to_owned();
+        cfg.http_server.tls.key_pem = "-----BEGIN PRIVATE KEY-----tls-key-value".to_owned();
         let text = format!("{cfg:?}");
+        assert!(!text.contains("tls-key-value"));
         assert!(!text.contains("top-secret-value") && !text.contains("api-key-value"));
         assert!(!text.contains("admin-password-value") && !text.contains("admin-secret-value"));
         assert!(text.contains("<redacted>"));

@@ -183,32 +183,28 @@ pub enum ServerError {
 }
 
 /// Builds the TLS acceptor from `http_server.tls`, offering HTTP/2 and HTTP/1.1 by ALPN.
+/// The certificate and key are read as Centrifugo reads them (see `TlsConfig::identity`);
+/// errors name the keys at fault.
 fn tls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ServerError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
     let tls = &config.http_server.tls;
     if !tls.is_on() {
         return Ok(None);
     }
-    let (cert_pem, key_pem) = tls.pem().map_err(|e| ServerError::Tls(e.to_string()))?;
-    let certs = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ServerError::Tls(format!("bad certificate PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(ServerError::Tls(
-            "no certificate in the certificate PEM".into(),
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| ServerError::Tls(format!("bad key PEM: {e}")))?;
+    let id = tls
+        .identity()
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ServerError::Tls(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| ServerError::Tls(format!("certificate and key do not match: {e}")))?;
+        .with_single_cert(id.certs, id.key)
+        .map_err(|e| {
+            ServerError::Tls(format!(
+                "the certificate ({}) and the private key ({}) do not fit together: {e}",
+                id.cert_key, id.key_key
+            ))
+        })?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Some(TlsAcceptor::from(Arc::new(server))))
 }

@@ -63,12 +63,19 @@ enum Command {
     Version,
 }
 
+/// Logs go to standard output, in colour only when it is a terminal: a file, a pipe or
+/// journald gets plain text, with no ANSI escape codes. `NO_COLOR` (any non-empty value)
+/// turns colour off on a terminal too.
 fn init_logging(level: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stdout)
+        .with_ansi(std::io::stdout().is_terminal() && !no_color)
         .init();
 }
 

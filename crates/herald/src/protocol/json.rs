@@ -6,7 +6,11 @@ use serde::de::DeserializeOwned;
 use super::DecodeError;
 
 /// serde helper used by the generated types: fields equal to their default are omitted,
-/// as the SDKs expect (`{}` is a ping, an absent `error` means success).
+/// as the SDKs expect (`{}` is a ping, an absent `error` means success). The exceptions,
+/// always written, are the fields Centrifugo's protocol declares without `omitempty`
+/// (`num_clients`, `num_users`, `presence`, `publications`, `epoch`, `offset` of the
+/// history result, `user` and `client` of a client info): see `ALWAYS_PRESENT_FIELDS`
+/// in `build.rs`.
 pub fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
 }

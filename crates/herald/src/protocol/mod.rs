@@ -177,6 +177,91 @@ mod tests {
         assert_eq!(&Encoding::Json.encode(&Reply::default())[..], b"{}");
     }
 
+    fn json(message: &(impl prost::Message + serde::Serialize)) -> String {
+        String::from_utf8(Encoding::Json.encode(message).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn json_always_writes_the_fields_centrifugo_never_omits() {
+        // Fields without `omitempty` in Centrifugo's protocol: present even when zero or
+        // empty, because the SDKs read them as they are (numClients must be 0, not undefined).
+        let stats = Reply {
+            id: 3,
+            presence_stats: Some(PresenceStatsResult::default()),
+            ..Default::default()
+        };
+        assert_eq!(
+            json(&stats),
+            r#"{"id":3,"presence_stats":{"num_clients":0,"num_users":0}}"#
+        );
+        let presence = Reply {
+            id: 4,
+            presence: Some(PresenceResult::default()),
+            ..Default::default()
+        };
+        assert_eq!(json(&presence), r#"{"id":4,"presence":{"presence":{}}}"#);
+        assert_eq!(
+            json(&HistoryResult::default()),
+            r#"{"publications":[],"epoch":"","offset":0}"#
+        );
+        assert_eq!(json(&ClientInfo::default()), r#"{"user":"","client":""}"#);
+        // An anonymous client in presence: user "" is written, empty infos are not.
+        let mut present = PresenceResult::default();
+        present.presence.insert(
+            "c1".into(),
+            ClientInfo {
+                client: "c1".into(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            json(&present),
+            r#"{"presence":{"c1":{"user":"","client":"c1"}}}"#
+        );
+        // A publication's info carries them too; other defaults stay omitted.
+        let publication = Publication {
+            data: Bytes::from_static(b"1"),
+            info: Some(ClientInfo::default()),
+            ..Default::default()
+        };
+        assert_eq!(
+            json(&publication),
+            r#"{"data":1,"info":{"user":"","client":""}}"#
+        );
+        // Everything else is still omitted when default.
+        assert_eq!(json(&Reply::default()), "{}");
+        assert_eq!(json(&Push::default()), "{}");
+        assert_eq!(json(&ConnectResult::default()), "{}");
+        assert_eq!(json(&SubscribeResult::default()), "{}");
+        assert_eq!(json(&Error::default()), "{}");
+
+        // And the JSON decodes back to the same values.
+        let back: Vec<Reply> = Encoding::Json.decode(json(&stats).as_bytes()).unwrap();
+        assert_eq!(back, vec![stats]);
+    }
+
+    #[test]
+    fn protobuf_encoding_still_omits_zero_fields() {
+        // proto3: zero scalars and empty collections take no bytes, whatever the JSON does.
+        assert_eq!(
+            &Encoding::Protobuf.encode(&PresenceStatsResult::default())[..],
+            &[0]
+        );
+        assert_eq!(
+            &Encoding::Protobuf.encode(&HistoryResult::default())[..],
+            &[0]
+        );
+        assert_eq!(&Encoding::Protobuf.encode(&ClientInfo::default())[..], &[0]);
+        let stats = Reply {
+            id: 3,
+            presence_stats: Some(PresenceStatsResult::default()),
+            ..Default::default()
+        };
+        let bytes = Encoding::Protobuf.encode(&stats);
+        let back: Vec<Reply> = Encoding::Protobuf.decode(&bytes).unwrap();
+        assert_eq!(back, vec![stats]);
+    }
+
     #[test]
     fn both_encodings_round_trip_a_batch() {
         for enc in [Encoding::Json, Encoding::Protobuf] {
