@@ -161,7 +161,8 @@ enum Cmd {
         /// Markdown written before the tables (date, machine, versions, commands).
         #[arg(long)]
         preamble: Option<PathBuf>,
-        /// File whose generated section is replaced (printed to stdout when absent).
+        /// File whose generated section is replaced (printed to stdout when absent); scenarios
+        /// of the section that these results do not have are kept, marked with their run.
         #[arg(long)]
         doc: Option<PathBuf>,
     },
@@ -512,6 +513,7 @@ fn compare(
                 .map(|_| CHART);
             text.push_str(&report::compare(&h, &o, chart_link));
             let old = std::fs::read_to_string(&path).unwrap_or_default();
+            let text = report::keep_earlier(&old, &text);
             if let Err(e) = std::fs::write(&path, report::splice(&old, &text)) {
                 eprintln!("herald-bench compare: {}: {e}", path.display());
                 return ExitCode::from(2);

@@ -834,6 +834,110 @@ pub fn fanout_chart(herald: &[Report], other: &[Report]) -> Option<String> {
     Some(chart.svg())
 }
 
+/// The text between [`BEGIN`] and [`END`] in `doc`, if both are there.
+fn generated_section(doc: &str) -> Option<&str> {
+    let a = doc.find(BEGIN)? + BEGIN.len();
+    let b = doc[a..].find(END)? + a;
+    Some(&doc[a..b])
+}
+
+/// Splits generated text into what comes before the first `### ` heading and the scenario
+/// blocks (each from its heading to the next).
+fn scenario_blocks(text: &str) -> (&str, Vec<&str>) {
+    let mut starts: Vec<usize> = Vec::new();
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if line.starts_with("### ") {
+            starts.push(at);
+        }
+        at += line.len();
+    }
+    let Some(&first) = starts.first() else {
+        return (text, Vec::new());
+    };
+    starts.push(text.len());
+    let blocks = starts.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+    (&text[..first], blocks)
+}
+
+/// `### fanout (websocket)` of a block (also of `### fanout (websocket): no … result`).
+fn block_key(block: &str) -> &str {
+    let heading = block.lines().next().unwrap_or("");
+    heading.split(':').next().unwrap_or(heading).trim_end()
+}
+
+/// The generated section for `doc` from `generated` (this run's preamble and scenarios),
+/// keeping the scenarios of the section already in `doc` that this run did not measure
+/// (`bench/compare.sh --scenarios storm` adds or replaces storm and leaves the others), each
+/// marked with the run it comes from and with its commands kept in the commands block.
+pub fn keep_earlier(doc: &str, generated: &str) -> String {
+    let Some(old) = generated_section(doc) else {
+        return generated.to_string();
+    };
+    let (old_pre, old_blocks) = scenario_blocks(old);
+    let (new_pre, new_blocks) = scenario_blocks(generated);
+    let new_keys: Vec<&str> = new_blocks.iter().map(|b| block_key(b)).collect();
+    if old_blocks.iter().all(|b| new_keys.contains(&block_key(b))) {
+        return generated.to_string();
+    }
+    let run = old_pre
+        .lines()
+        .find_map(|l| l.strip_prefix("Run of "))
+        .map(|l| l.trim_end_matches('.'))
+        .unwrap_or("an earlier run");
+    let rev = old_pre
+        .split("(git ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .map(|r| format!(", Herald git {r}"))
+        .unwrap_or_default();
+    let note = format!("_Kept from the run of {run}{rev}: not measured in the run above._\n");
+    let mut used = vec![false; new_blocks.len()];
+    let mut blocks: Vec<String> = Vec::new();
+    let mut commands: Vec<&str> = Vec::new();
+    let push = |blocks: &mut Vec<String>, b: &str| blocks.push(format!("{}\n\n", b.trim_end()));
+    for ob in &old_blocks {
+        if let Some(i) = new_keys.iter().position(|k| *k == block_key(ob)) {
+            if !used[i] {
+                used[i] = true;
+                push(&mut blocks, new_blocks[i]);
+            }
+            continue;
+        }
+        let kept = if ob.contains("\n_Kept from the run of ") {
+            ob.to_string()
+        } else {
+            let (heading, rest) = ob.split_once('\n').unwrap_or((ob, ""));
+            format!(
+                "{heading}\n\n{note}{}",
+                rest.strip_prefix('\n').map_or(rest, |r| r)
+            )
+        };
+        push(&mut blocks, &kept);
+        let name = block_key(ob)
+            .trim_start_matches("### ")
+            .split(' ')
+            .next()
+            .unwrap_or("");
+        let prefix = format!("herald-bench {name} ");
+        commands.extend(old_pre.lines().filter(|l| l.starts_with(&prefix)));
+    }
+    for (i, nb) in new_blocks.iter().enumerate() {
+        if !used[i] {
+            push(&mut blocks, nb);
+        }
+    }
+    // This run's commands block gets the kept scenarios' commands, before its closing fence.
+    let mut pre = new_pre.to_string();
+    if let Some(open) = pre.find("```\n")
+        && let Some(close) = pre[open + 4..].find("```").map(|c| c + open + 4)
+    {
+        let extra: String = commands.iter().map(|c| format!("{c}\n")).collect();
+        pre.insert_str(close, &extra);
+    }
+    format!("{pre}{}", blocks.concat())
+}
+
 /// Replaces the text between [`BEGIN`] and [`END`] in `doc` (appends the section when the
 /// markers are missing).
 pub fn splice(doc: &str, generated: &str) -> String {
@@ -954,6 +1058,44 @@ mod tests {
         let s = summary(&h[0]);
         assert!(s.contains("| 990 | not all (last 1,500) |"), "{s}");
         assert!(s.contains("open-file limit per process 20000"), "{s}");
+    }
+
+    #[test]
+    fn a_run_of_some_scenarios_keeps_the_others() {
+        let old = format!(
+            "# B\n\n{BEGIN}\n## Side by side\n\nRun of `bench/compare.sh` on 2026-01-01 00:00 UTC.\n\n\
+             - Herald: herald 0.1.0 (git abc1234), release build.\n\n```\n\
+             herald-bench idle -n 5 --server-name herald ...\nherald-bench idle -n 5 --server-name centrifugo ...\n\
+             herald-bench storm -n 5 --server-name herald ...\n```\n\n\
+             ### idle (websocket)\n\n| idle table |\n\n### storm (websocket)\n\n| old storm |\n{END}\nafter\n"
+        );
+        let new = "## Side by side\n\nRun of `bench/compare.sh` on 2026-02-02 00:00 UTC.\n\n```\n\
+                   herald-bench storm -n 9 --server-name herald ...\n```\n\n\
+                   ### storm (websocket)\n\n| new storm |\n";
+        let merged = keep_earlier(&old, new);
+        assert!(
+            merged.contains("| new storm |") && !merged.contains("| old storm |"),
+            "{merged}"
+        );
+        assert!(merged.contains("### idle (websocket)\n\n_Kept from the run of `bench/compare.sh` on 2026-01-01 00:00 UTC, Herald git abc1234: not measured in the run above._\n| idle table |"), "{merged}");
+        assert!(
+            merged.find("### idle").unwrap() < merged.find("### storm").unwrap(),
+            "old order kept: {merged}"
+        );
+        assert!(
+            merged.contains("herald-bench storm -n 9 --server-name herald ...\nherald-bench idle -n 5 --server-name herald ...\nherald-bench idle -n 5 --server-name centrifugo ...\n```"),
+            "{merged}"
+        );
+        assert!(!merged.contains("storm -n 5"), "{merged}");
+        // Kept twice: marked once, from the run it was measured in.
+        let doc = splice(&old, &merged);
+        let again = keep_earlier(&doc, new);
+        assert_eq!(again.matches("_Kept from the run of").count(), 1, "{again}");
+        assert!(again.contains("2026-01-01"), "{again}");
+        // A run of every scenario replaces the whole section.
+        let full = "## S\n\n### idle (websocket)\n\nx\n\n### storm (websocket)\n\ny\n";
+        assert_eq!(keep_earlier(&old, full), full);
+        assert_eq!(keep_earlier("no markers", new), new);
     }
 
     #[test]
