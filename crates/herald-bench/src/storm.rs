@@ -478,14 +478,19 @@ async fn storm(
     }
     if common.progress > Duration::ZERO {
         eprintln!(
-            "  storm: {} of {} subscribed in {:.0} ms, p99 {:.1} ms, failed {} ({:?}), listen overflows {:?}",
+            "  storm: {} of {} subscribed in {:.0} ms, p99 {:.1} ms, failed {} (refused {}, reset {}, timed out {}, other {}), listen overflows {}",
             result.subscribed,
             p.clients,
             result.last_subscribed_ms,
             result.latency.p99_ms,
             result.failures.total(),
-            result.failures,
-            result.listen_overflows
+            result.failures.refused,
+            result.failures.reset,
+            result.failures.timeouts,
+            result.failures.other,
+            result
+                .listen_overflows
+                .map_or_else(|| "n/a".to_string(), |v| v.to_string()),
         );
     }
 
