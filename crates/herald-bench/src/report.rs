@@ -891,7 +891,7 @@ pub fn keep_earlier(doc: &str, generated: &str) -> String {
         .and_then(|r| r.split(')').next())
         .map(|r| format!(", Herald git {r}"))
         .unwrap_or_default();
-    let note = format!("_Kept from the run of {run}{rev}: not measured in the run above._\n");
+    let note = format!("_Kept from the run of {run}{rev}: not measured in the run above._\n\n");
     let mut used = vec![false; new_blocks.len()];
     let mut blocks: Vec<String> = Vec::new();
     let mut commands: Vec<&str> = Vec::new();
@@ -1067,7 +1067,7 @@ mod tests {
              - Herald: herald 0.1.0 (git abc1234), release build.\n\n```\n\
              herald-bench idle -n 5 --server-name herald ...\nherald-bench idle -n 5 --server-name centrifugo ...\n\
              herald-bench storm -n 5 --server-name herald ...\n```\n\n\
-             ### idle (websocket)\n\n| idle table |\n\n### storm (websocket)\n\n| old storm |\n{END}\nafter\n"
+             ### idle (websocket)\n\nParameters: x\n\n| idle table |\n\n### storm (websocket)\n\n| old storm |\n{END}\nafter\n"
         );
         let new = "## Side by side\n\nRun of `bench/compare.sh` on 2026-02-02 00:00 UTC.\n\n```\n\
                    herald-bench storm -n 9 --server-name herald ...\n```\n\n\
@@ -1077,7 +1077,7 @@ mod tests {
             merged.contains("| new storm |") && !merged.contains("| old storm |"),
             "{merged}"
         );
-        assert!(merged.contains("### idle (websocket)\n\n_Kept from the run of `bench/compare.sh` on 2026-01-01 00:00 UTC, Herald git abc1234: not measured in the run above._\n| idle table |"), "{merged}");
+        assert!(merged.contains("### idle (websocket)\n\n_Kept from the run of `bench/compare.sh` on 2026-01-01 00:00 UTC, Herald git abc1234: not measured in the run above._\n\nParameters: x\n\n| idle table |"), "{merged}");
         assert!(
             merged.find("### idle").unwrap() < merged.find("### storm").unwrap(),
             "old order kept: {merged}"
