@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Herald and Centrifugo side by side, on this machine, in one run.
 #
-#   bench/compare.sh [--quick] [--scenarios "idle fanout channels reconnect payload"] [--results DIR] [--no-doc]
+#   bench/compare.sh [--quick] [--scenarios "idle fanout channels reconnect payload storm"] [--results DIR] [--no-doc]
 #                    [--args SCENARIO="herald-bench arguments"]...
 #
 # 1. Finds Centrifugo v6.9.1 (PATH, then $(go env GOPATH)/bin), or installs it with
@@ -14,6 +14,8 @@
 #    memory figures start from the same baseline.
 # 5. Writes both servers' figures and the ratios into docs/benchmarks.md, between the markers
 #    (herald-bench compare), with the date, the machine, both versions and the exact commands.
+#    Scenarios of the section that this run did not measure (--scenarios) are kept, marked with
+#    the run they come from.
 #
 # --quick uses small numbers (seconds, hundreds of connections): a check that everything works,
 # not figures to quote. Without it the run takes several minutes per server.
@@ -24,7 +26,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 QUICK=0
-SCENARIOS="idle fanout channels reconnect payload"
+SCENARIOS="idle fanout channels reconnect payload storm"
 RESULTS=""
 WRITE_DOC=1
 declare -A ARGS_OVERRIDE=()
@@ -116,6 +118,7 @@ if [ "$QUICK" = 1 ]; then
   RECONNECT_ARGS=(reconnect --clients 500 --channels 10 --rate 100 --warmup 1 --duration 4)
   PAYLOAD_ARGS=(payload --transports websocket,websocket_protobuf,uni_sse,uni_http_stream,uni_grpc
                 --sizes 32,1024,65536 --subscribers 10 --duration 1)
+  STORM_ARGS=(storm --clients 1000 --workers 2)
 else
   # Connections stay under the per-process open-file limit on both sides (server and bench).
   N=$(( NOFILE > 20000 ? 15000 : NOFILE * 3 / 4 ))
@@ -129,6 +132,9 @@ else
   CHANNELS_ARGS=(channels --channels 1000 --per-channel 5 --rate 2000 --duration 10)
   RECONNECT_ARGS=(reconnect --clients 10000 --channels 100 --rate 500 --warmup 2 --duration 15)
   PAYLOAD_ARGS=(payload --sizes 32,256,1024,4096,16384,65536 --subscribers 50 --duration 3)
+  # N clients connect and subscribe at once, unpaced, from 4 worker processes (each under the
+  # per-process open-file limit; the server holds all N under the same limit).
+  STORM_ARGS=(storm --clients "$N" --workers 4)
 fi
 
 start_server() {
@@ -152,7 +158,10 @@ start_server() {
       || { log "centrifugo gRPC ports not up"; exit 1; }
   fi
   sleep 0.5
+  # The backlog of the main port's listen socket (ss: Send-Q of a listener), for the report.
+  BACKLOG[$name]=$(ss -Hltn "sport = :$PORT" 2>/dev/null | awk 'NR==1{print $3}')
 }
+declare -A BACKLOG=()
 
 COMMANDS=$WORK/commands.txt
 : > "$COMMANDS"
@@ -166,6 +175,7 @@ for scenario in $SCENARIOS; do
     channels) ARGS=("${CHANNELS_ARGS[@]}") ;;
     reconnect) ARGS=("${RECONNECT_ARGS[@]}") ;;
     payload) ARGS=("${PAYLOAD_ARGS[@]}") ;;
+    storm) ARGS=("${STORM_ARGS[@]}") ;;
     *) log "unknown scenario $scenario"; exit 2 ;;
   esac
   if [ -n "${ARGS_OVERRIDE[$scenario]:-}" ]; then
@@ -202,6 +212,7 @@ PREAMBLE=$WORK/preamble.md
   echo "- Pinning: $PINNING. Open-file limit per process: $NOFILE (connections per scenario stay under it on both sides)."
   echo "- Herald: ${HERALD_VERSION} (git $GIT_REV), release build. Centrifugo: $CENTRIFUGO_VERSION ($(go version -m "$CENTRIFUGO" 2>/dev/null | head -1 | awk '{print $2}')), memory engine."
   echo "- Same config file for both (Centrifugo v6 keys), same load generator, same parameters; a fresh server per scenario."
+  echo "- Listen backlog of the main port (\`ss -ltn\` Send-Q; the kernel caps it at net.core.somaxconn = $(cat /proc/sys/net/core/somaxconn 2>/dev/null || echo '?')): Herald ${BACKLOG[herald]:-?}, Centrifugo ${BACKLOG[centrifugo]:-?}."
   if [ "$QUICK" = 1 ]; then
     echo "- **--quick run: small numbers, seconds per step. A check that the comparison works; the figures are not to be quoted.**"
   fi

@@ -3,7 +3,8 @@
 //! It connects subscribers over any transport of the client protocol ([`clients`]),
 //! publishes stamped payloads through the server API ([`publisher`], [`payload`]), and
 //! measures delivery latency (HdrHistogram), loss, duplicates, and the server's CPU and
-//! memory from `/proc` ([`procstat`]), in named scenarios ([`scenario`]). [`report`] prints
+//! memory from `/proc` ([`procstat`]), in named scenarios ([`scenario`]; the connection
+//! storm from worker processes, [`storm`]). [`report`] prints
 //! the summary and writes the side-by-side comparison; [`table`] the per-transport rows of
 //! docs/transports.md.
 //!
@@ -18,6 +19,7 @@ pub mod publisher;
 pub mod report;
 pub mod scenario;
 pub mod stats;
+pub mod storm;
 pub mod table;
 pub mod token;
 

@@ -131,6 +131,25 @@ enum Cmd {
         #[arg(long, default_value_t = 2.0)]
         duration: f64,
     },
+    /// N clients connect and subscribe to one channel at once (no ramp), from several worker
+    /// processes: time until all are subscribed, connect + subscribe latency, failures by cause,
+    /// the kernel's listen-queue overflows, then one publication that must reach every client.
+    Storm {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Clients (spread over --workers processes: one process may hold ~20,000 open files here).
+        #[arg(long, short = 'n', default_value_t = 15000)]
+        clients: usize,
+        /// Worker processes.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Longest connect + subscribe per client, seconds; a slower client counts as a timeout.
+        #[arg(long, default_value_t = 60.0)]
+        client_timeout: f64,
+    },
+    /// One worker process of `storm` (started by it; reads its orders on stdin).
+    #[command(hide = true)]
+    StormWorker(herald_bench::storm::WorkerArgs),
     /// Writes the side-by-side comparison of two servers' JSON results into a markdown file.
     Compare {
         /// JSON results of Herald (from --json).
@@ -142,7 +161,8 @@ enum Cmd {
         /// Markdown written before the tables (date, machine, versions, commands).
         #[arg(long)]
         preamble: Option<PathBuf>,
-        /// File whose generated section is replaced (printed to stdout when absent).
+        /// File whose generated section is replaced (printed to stdout when absent); scenarios
+        /// of the section that these results do not have are kept, marked with their run.
         #[arg(long)]
         doc: Option<PathBuf>,
     },
@@ -210,7 +230,7 @@ struct CommonArgs {
     /// Channel namespace (must allow subscribe, with history and recovery for reconnect).
     #[arg(long, default_value = "bench")]
     namespace: String,
-    /// Handshakes in flight at once.
+    /// Handshakes in flight at once (not `storm`, which is unpaced).
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
     /// Longest wait for every client to connect, seconds.
@@ -295,6 +315,23 @@ fn main() -> ExitCode {
             doc,
             preamble,
         } => return transports_table(&results, preamble, doc),
+        Cmd::StormWorker(args) => {
+            return ExitCode::from(herald_bench::storm::worker_main(args));
+        }
+        Cmd::Storm {
+            common,
+            clients,
+            workers,
+            client_timeout,
+        } => (
+            common,
+            Scenario::Storm {
+                clients,
+                workers,
+                client_timeout_secs: client_timeout,
+                worker_exe: None,
+            },
+        ),
         Cmd::Idle {
             common,
             connections,
@@ -476,6 +513,7 @@ fn compare(
                 .map(|_| CHART);
             text.push_str(&report::compare(&h, &o, chart_link));
             let old = std::fs::read_to_string(&path).unwrap_or_default();
+            let text = report::keep_earlier(&old, &text);
             if let Err(e) = std::fs::write(&path, report::splice(&old, &text)) {
                 eprintln!("herald-bench compare: {}: {e}", path.display());
                 return ExitCode::from(2);

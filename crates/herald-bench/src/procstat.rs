@@ -1,5 +1,6 @@
 //! A server process's memory and CPU from `/proc/<pid>`: VmRSS from `status`, user + system
-//! time from `stat`, open descriptors from `fd/`.
+//! time from `stat`, open descriptors from `fd/`; and the kernel's listen-queue counters from
+//! `/proc/net/netstat`.
 
 use std::time::Instant;
 
@@ -93,9 +94,65 @@ pub fn usage(a: &Sample, b: &Sample) -> ServerUsage {
     }
 }
 
+/// The kernel's listen-queue counters (`/proc/net/netstat`, `TcpExt`), cumulative since boot
+/// for the whole network namespace: compare two readings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenCounters {
+    /// `ListenOverflows`: handshakes that completed (or SYNs that arrived) while a listener's
+    /// accept queue was full, i.e. more connections waiting than its backlog.
+    pub overflows: u64,
+    /// `ListenDrops`: every SYN or handshake ACK a listener dropped, overflows included.
+    pub drops: u64,
+}
+
+/// Reads [`ListenCounters`]; `None` where `/proc/net/netstat` is missing (not Linux).
+pub fn listen_counters() -> Option<ListenCounters> {
+    parse_listen_counters(&std::fs::read_to_string("/proc/net/netstat").ok()?)
+}
+
+/// The `TcpExt` counters of a `/proc/net/netstat` text: a line of names, then a line of
+/// values, both starting with `TcpExt:`.
+pub fn parse_listen_counters(netstat: &str) -> Option<ListenCounters> {
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let names = lines.next()?.split_whitespace().skip(1);
+    let values = lines.next()?.split_whitespace().skip(1);
+    let mut c = ListenCounters::default();
+    let (mut overflows, mut drops) = (false, false);
+    for (name, value) in names.zip(values) {
+        match name {
+            "ListenOverflows" => (c.overflows, overflows) = (value.parse().ok()?, true),
+            "ListenDrops" => (c.drops, drops) = (value.parse().ok()?, true),
+            _ => {}
+        }
+    }
+    (overflows && drops).then_some(c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_counters_from_netstat() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPHPHits\n\
+                    TcpExt: 3 1207 1290 55\n\
+                    IpExt: InNoRoutes InTruncatedPkts\n\
+                    IpExt: 0 0\n";
+        assert_eq!(
+            parse_listen_counters(text),
+            Some(ListenCounters {
+                overflows: 1207,
+                drops: 1290
+            })
+        );
+        assert_eq!(parse_listen_counters("IpExt: a\nIpExt: 1\n"), None);
+        assert_eq!(
+            parse_listen_counters("TcpExt: ListenOverflows\nTcpExt: 1\n"),
+            None
+        );
+        #[cfg(target_os = "linux")]
+        assert!(listen_counters().is_some(), "readable on Linux");
+    }
 
     #[test]
     fn stat_fields_after_the_command_name() {

@@ -1,8 +1,10 @@
-//! The scenarios: `idle`, `fanout`, `channels`, `reconnect`, `payload`. Each connects its
-//! subscribers, publishes through the server API, waits for deliveries to drain, and
-//! returns a [`Report`] (printed as a table, written as JSON with `--json`).
+//! The scenarios: `idle`, `fanout`, `channels`, `reconnect`, `payload`, `storm`. Each
+//! connects its subscribers, publishes through the server API, waits for deliveries to
+//! drain, and returns a [`Report`] (printed as a table, written as JSON with `--json`).
+//! `storm` runs its clients in worker processes of its own ([`crate::storm`]).
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -118,6 +120,19 @@ pub enum Scenario {
         /// Seconds per run.
         duration_secs: f64,
     },
+    /// N clients connect and subscribe to one channel at once, from worker processes.
+    Storm {
+        /// Clients.
+        clients: usize,
+        /// Worker processes they spread over.
+        workers: usize,
+        /// Longest connect + subscribe per client, seconds (then it counts as a timeout).
+        client_timeout_secs: f64,
+        /// The `herald-bench` binary the workers run (default: this executable; tests,
+        /// whose executable is not herald-bench, name it).
+        #[serde(skip)]
+        worker_exe: Option<PathBuf>,
+    },
 }
 
 impl Scenario {
@@ -129,6 +144,7 @@ impl Scenario {
             Scenario::Channels { .. } => "channels",
             Scenario::Reconnect { .. } => "reconnect",
             Scenario::Payload { .. } => "payload",
+            Scenario::Storm { .. } => "storm",
         }
     }
 }
@@ -269,6 +285,8 @@ pub enum ScenarioResult {
     Reconnect(ReconnectResult),
     /// `payload`.
     Payload(PayloadResult),
+    /// `storm`.
+    Storm(crate::storm::StormResult),
 }
 
 /// `idle` figures.
@@ -667,6 +685,22 @@ pub async fn run(common: &Common, scenario: &Scenario) -> Report {
             .await
         }
         Scenario::Reconnect { .. } => reconnect(common, scenario).await,
+        Scenario::Storm {
+            clients,
+            workers,
+            client_timeout_secs,
+            worker_exe,
+        } => {
+            let params = crate::storm::Params {
+                clients: *clients,
+                workers: *workers,
+                client_timeout: Duration::from_secs_f64(*client_timeout_secs),
+                worker_exe: worker_exe.clone(),
+            };
+            let channel = channel_names(common, "storm", 1).remove(0);
+            let (result, errors, firsts) = crate::storm::run(common, &params, channel).await;
+            (ScenarioResult::Storm(result), errors, firsts)
+        }
         Scenario::Payload {
             transports,
             sizes,

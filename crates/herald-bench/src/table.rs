@@ -460,6 +460,18 @@ pub fn command(t: Transport, r: &Report) -> String {
                 num(*duration_secs)
             );
         }
+        Scenario::Storm {
+            clients,
+            workers,
+            client_timeout_secs,
+            ..
+        } => {
+            let _ = write!(
+                c,
+                "storm --clients {clients} --workers {workers} --client-timeout {}",
+                num(*client_timeout_secs)
+            );
+        }
     }
     if !matches!(r.params, Scenario::Payload { .. }) {
         let _ = write!(c, " --transport {}", r.transport);

@@ -277,6 +277,43 @@ async fn payload_measures_every_transport() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_subscribes_every_client_and_delivers_to_all() {
+    let server = Server::start();
+    let s = Scenario::Storm {
+        clients: 300,
+        workers: 2,
+        client_timeout_secs: 30.0,
+        worker_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_herald-bench"))),
+    };
+    let r = scenario::run(&server.common(Transport::Websocket), &s).await;
+    assert_clean(&r);
+    let ScenarioResult::Storm(st) = &r.result else {
+        panic!("storm result expected")
+    };
+    assert_eq!(st.workers, 2);
+    assert_eq!(st.failures.total(), 0, "{st:?}");
+    assert_eq!(st.subscribed, 300, "{st:?}");
+    assert!(st.all_subscribed_ms.is_some(), "{st:?}");
+    assert!(st.connects_per_sec > 0.0, "{st:?}");
+    assert!(
+        st.latency.count == 300
+            && st.latency.p50_ms > 0.0
+            && st.latency.p50_ms <= st.latency.max_ms,
+        "{st:?}"
+    );
+    assert!(st.published, "{st:?}");
+    assert_eq!(st.delivered, 300, "{st:?}");
+    assert_eq!(st.lost, 0, "{st:?}");
+    assert!(st.nofile_per_worker > 300, "{st:?}");
+    // Overflows may happen or not on a shared machine; only that they were read is asserted.
+    #[cfg(target_os = "linux")]
+    assert!(
+        st.listen_overflows.is_some() && st.listen_drops.is_some(),
+        "listen-queue counters read from /proc/net/netstat: {st:?}"
+    );
+}
+
 #[test]
 fn cli_writes_json_results_and_the_comparison() {
     let server = Server::start();
