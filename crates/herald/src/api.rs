@@ -20,6 +20,7 @@ use crate::engine::{ClientInfo, HistoryFilter, Publication, StreamPosition};
 use crate::error::{ClientError, Disconnect};
 use crate::hub::Control;
 use crate::node::{Node, NodeError};
+use crate::protocol::DecodeError;
 use crate::request_body::error_response;
 
 fn api_error(e: ClientError) -> Value {
@@ -85,19 +86,20 @@ pub async fn handler(
     } else {
         &body
     };
+    let depth = node.config.http_api.max_json_depth;
     let result = match method.as_str() {
-        "publish" => call(body, |r| publish(&node, r)).await,
-        "broadcast" => call(body, |r| broadcast(&node, r)).await,
-        "subscribe" => call(body, |r| subscribe(&node, r)).await,
-        "unsubscribe" => call(body, |r| unsubscribe(&node, r)).await,
-        "disconnect" => call(body, |r| disconnect(&node, r)).await,
-        "refresh" => call(body, |r| refresh(&node, r)).await,
-        "presence" => call(body, |r| presence(&node, r)).await,
-        "presence_stats" => call(body, |r| presence_stats(&node, r)).await,
-        "history" => call(body, |r| history(&node, r)).await,
-        "history_remove" => call(body, |r| history_remove(&node, r)).await,
-        "channels" => call(body, |r| channels(&node, r)).await,
-        "info" => call(body, |r: Empty| info(&node, r)).await,
+        "publish" => call(body, depth, |r| publish(&node, r)).await,
+        "broadcast" => call(body, depth, |r| broadcast(&node, r)).await,
+        "subscribe" => call(body, depth, |r| subscribe(&node, r)).await,
+        "unsubscribe" => call(body, depth, |r| unsubscribe(&node, r)).await,
+        "disconnect" => call(body, depth, |r| disconnect(&node, r)).await,
+        "refresh" => call(body, depth, |r| refresh(&node, r)).await,
+        "presence" => call(body, depth, |r| presence(&node, r)).await,
+        "presence_stats" => call(body, depth, |r| presence_stats(&node, r)).await,
+        "history" => call(body, depth, |r| history(&node, r)).await,
+        "history_remove" => call(body, depth, |r| history_remove(&node, r)).await,
+        "channels" => call(body, depth, |r| channels(&node, r)).await,
+        "info" => call(body, depth, |r: Empty| info(&node, r)).await,
         _ => {
             return error_response(
                 StatusCode::NOT_FOUND,
@@ -113,13 +115,16 @@ pub async fn handler(
 
 /// Parses the body (400 with serde's message on failure) and runs the method; method-level
 /// failures are `{"error": ...}` with status 200, as in Centrifugo.
-async fn call<R, F, Fut>(body: &[u8], f: F) -> Result<Value, String>
+async fn call<R, F, Fut>(body: &[u8], max_depth: usize, f: F) -> Result<Value, String>
 where
     R: DeserializeOwned,
     F: FnOnce(R) -> Fut,
     Fut: std::future::Future<Output = Result<Value, ClientError>>,
 {
-    let req: R = serde_json::from_slice(body).map_err(|e| format!("bad request body: {e}"))?;
+    let req: R = crate::protocol::json::from_slice(body, max_depth).map_err(|e| match e {
+        DecodeError::Json(e) => format!("bad request body: {e}"),
+        e => format!("bad request body: {e} (http_api.max_json_depth)"),
+    })?;
     Ok(match f(req).await {
         Ok(result) => json!({ "result": result }),
         Err(e) => api_error(e),

@@ -331,10 +331,14 @@ impl Session {
 
     /// Decodes one inbound frame and handles each command in it, in order.
     pub async fn handle_frame(&mut self, frame: &[u8]) -> Result<(), Disconnect> {
-        let commands: Vec<Command> = self.transport.encoding.decode(frame).map_err(|e| {
-            tracing::debug!(client = %self.handle.client, error = %e, "malformed frame");
-            Disconnect::BAD_REQUEST
-        })?;
+        let commands: Vec<Command> = self
+            .transport
+            .encoding
+            .decode(frame, self.node.config.client.max_json_depth)
+            .map_err(|e| {
+                tracing::debug!(client = %self.handle.client, error = %e, "malformed frame");
+                Disconnect::BAD_REQUEST
+            })?;
         self.node
             .metrics
             .messages_received

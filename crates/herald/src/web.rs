@@ -246,9 +246,11 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
-/// The request body as `T`; the error says what is wrong.
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(body).map_err(|e| format!("bad request body: {e}"))
+/// The request body as `T` (nested at most `http_api.max_json_depth` levels); the error
+/// says what is wrong.
+fn parse<T: DeserializeOwned>(node: &Node, body: &[u8]) -> Result<T, String> {
+    crate::protocol::json::from_slice(body, node.config.http_api.max_json_depth)
+        .map_err(|e| format!("bad request body: {e}"))
 }
 
 fn unix_now() -> i64 {
@@ -289,7 +291,7 @@ struct DemoClaims<'a> {
 /// `POST /demo/token {"user": NICK, "transport": T}`: a connection token for NICK whose
 /// connection info names the transport (shown in presence).
 async fn demo_token(State(web): State<Web>, body: Bytes) -> Response {
-    let req: DemoTokenRequest = match parse(&body) {
+    let req: DemoTokenRequest = match parse(&web.node, &body) {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
@@ -420,7 +422,7 @@ struct LoginRequest {
 /// `POST /console/api/login {"password": P}`: a session token when P is `admin.password` or
 /// the `http_api.key`.
 async fn login(State(web): State<Web>, body: Bytes) -> Response {
-    let req: LoginRequest = match parse(&body) {
+    let req: LoginRequest = match parse(&web.node, &body) {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
@@ -556,7 +558,7 @@ struct ChannelRequest {
 /// `POST /console/api/presence {"channel": C}`: who is in C.
 async fn presence(State(web): State<Web>, headers: HeaderMap, body: Bytes) -> Response {
     require_session!(web, headers);
-    let req: ChannelRequest = match parse(&body) {
+    let req: ChannelRequest = match parse(&web.node, &body) {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
@@ -574,7 +576,7 @@ async fn presence(State(web): State<Web>, headers: HeaderMap, body: Bytes) -> Re
 /// `POST /console/api/history {"channel": C, "limit": N}`: C's last N publications, newest first.
 async fn history(State(web): State<Web>, headers: HeaderMap, body: Bytes) -> Response {
     require_session!(web, headers);
-    let req: ChannelRequest = match parse(&body) {
+    let req: ChannelRequest = match parse(&web.node, &body) {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
@@ -617,7 +619,7 @@ struct PublishRequest {
 /// `POST /console/api/publish {"channel": C, "data": JSON}`: publishes as the server API does.
 async fn publish(State(web): State<Web>, headers: HeaderMap, body: Bytes) -> Response {
     require_session!(web, headers);
-    let req: PublishRequest = match parse(&body) {
+    let req: PublishRequest = match parse(&web.node, &body) {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
@@ -643,7 +645,7 @@ struct DisconnectRequest {
 /// on this node, with "force reconnect" (3011) or "force disconnect" (3503, the default).
 async fn disconnect(State(web): State<Web>, headers: HeaderMap, body: Bytes) -> Response {
     require_session!(web, headers);
-    let req: DisconnectRequest = match parse(&body) {
+    let req: DisconnectRequest = match parse(&web.node, &body) {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };

@@ -539,13 +539,13 @@ fn apply(frame: &mut Vec<u8>, mutation: &Mutation) {
 fn check_decode(enc: Encoding, frame: &[u8]) -> Result<(), TestCaseError> {
     if let Ok(commands) = enc.decode::<Command>(frame) {
         let again: Vec<Command> = enc
-            .decode(&frame_of(enc, &commands))
+            .decode(&frame_of(enc, &commands), usize::MAX)
             .map_err(|e| TestCaseError::fail(format!("re-encoded commands do not decode: {e}")))?;
         prop_assert_eq!(again, commands);
     }
     if let Ok(replies) = enc.decode::<Reply>(frame) {
         let again: Vec<Reply> = enc
-            .decode(&frame_of(enc, &replies))
+            .decode(&frame_of(enc, &replies), usize::MAX)
             .map_err(|e| TestCaseError::fail(format!("re-encoded replies do not decode: {e}")))?;
         prop_assert_eq!(again, replies);
     }
@@ -563,7 +563,7 @@ where
 {
     let frame = frame_of(enc, messages);
     let back: Vec<M> = enc
-        .decode(&frame)
+        .decode(&frame, usize::MAX)
         .map_err(|e| TestCaseError::fail(format!("{enc:?} batch does not decode: {e}")))?;
     prop_assert_eq!(back.as_slice(), messages, "{:?} frame {:?}", enc, frame);
     Ok(())
@@ -713,7 +713,7 @@ proptest! {
             .collect();
         let frame = frame_of(Encoding::Json, &replies);
         let back: Vec<Reply> = Encoding::Json
-            .decode(&frame)
+            .decode(&frame, usize::MAX)
             .map_err(|e| TestCaseError::fail(format!("frame {frame:?} does not decode: {e}")))?;
         prop_assert_eq!(back.len(), values.len());
         for (reply, value) in back.iter().zip(&values) {

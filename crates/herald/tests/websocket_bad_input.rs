@@ -223,3 +223,61 @@ async fn flood_of_subscribe_unsubscribe_is_answered(enc: Encoding) {
         "server healthy after the flood"
     );
 }
+
+/// `[[[...]]]` nested `depth` levels.
+fn nested(depth: usize) -> String {
+    format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_nested_past_the_bound_is_refused_everywhere() {
+    let server = TestServer::start(json!({
+        "client": {"max_json_depth": 64},
+        "http_api": {"max_json_depth": 64},
+        "channel": {"without_namespace": {
+            "allow_subscribe_for_client": true, "allow_publish_for_client": true
+        }}
+    }))
+    .await;
+    let mut witness = Witness::new(&server, "witness").await;
+    witness.check(&server).await;
+
+    // The server API: a million levels (Centrifugo refuses past 10,000) and just past the
+    // bound are 400 naming the key; at the bound the publication goes out.
+    for depth in [1_000_000, 65] {
+        let body = format!(r#"{{"channel":"deep","data":{}}}"#, nested(depth));
+        let (status, text) = server
+            .api
+            .raw("publish", body.into_bytes(), Some(support::API_KEY))
+            .await;
+        assert_eq!(status, 400, "depth {depth}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("JSON error envelope");
+        assert_eq!(v["error"]["code"], 400, "{text}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("64") && message.contains("http_api.max_json_depth"),
+            "{text}"
+        );
+    }
+    let mut sub = server.connected(Encoding::Json, "sub").await.0;
+    sub.subscribe("deep").await;
+    let body = format!(r#"{{"channel":"deep","data":{}}}"#, nested(63));
+    let (status, text) = server
+        .api
+        .raw("publish", body.into_bytes(), Some(support::API_KEY))
+        .await;
+    assert_eq!(status, 200, "{text}");
+    sub.expect_pub("deep").await;
+
+    // A client command (20,000 levels fit the default 64 KiB frame limit): the connection is
+    // closed as a bad request; nothing is delivered.
+    let (mut c, _) = server.connected(Encoding::Json, "alice").await;
+    let frame = format!(
+        r#"{{"id":5,"publish":{{"channel":"deep","data":{}}}}}"#,
+        nested(20_000)
+    );
+    c.send_raw(Message::text(frame)).await;
+    c.expect_close_code(3501).await;
+    sub.expect_no_push(Duration::from_millis(300)).await;
+    witness.check(&server).await;
+}

@@ -92,13 +92,14 @@ impl Encoding {
         Some(self.encode(&push))
     }
 
-    /// Decodes every message in one frame.
-    pub fn decode<M>(self, frame: &[u8]) -> Result<Vec<M>, DecodeError>
+    /// Decodes every message in one frame; JSON nested deeper than `max_json_depth` is
+    /// refused.
+    pub fn decode<M>(self, frame: &[u8], max_json_depth: usize) -> Result<Vec<M>, DecodeError>
     where
         M: prost::Message + Default + serde::de::DeserializeOwned,
     {
         if self.is_json() {
-            json::decode_all(frame)
+            json::decode_all(frame, max_json_depth)
         } else {
             protobuf::decode_all(frame)
         }
@@ -134,6 +135,12 @@ pub enum DecodeError {
     /// A line that is not a JSON protocol message.
     #[error("malformed JSON message: {0}")]
     Json(#[from] serde_json::Error),
+    /// JSON whose objects and arrays nest deeper than the configured bound.
+    #[error("JSON nested deeper than {max_depth} levels")]
+    TooDeep {
+        /// The bound (`client.max_json_depth` or `http_api.max_json_depth`).
+        max_depth: usize,
+    },
     /// Bytes that are not a length-prefixed Protobuf message.
     #[error("malformed Protobuf message: {0}")]
     Protobuf(#[from] prost::DecodeError),
@@ -236,7 +243,7 @@ mod tests {
         assert_eq!(json(&Error::default()), "{}");
 
         // And the JSON decodes back to the same values.
-        let back: Vec<Reply> = Encoding::Json.decode(json(&stats).as_bytes()).unwrap();
+        let back: Vec<Reply> = Encoding::Json.decode(json(&stats).as_bytes(), 512).unwrap();
         assert_eq!(back, vec![stats]);
     }
 
@@ -258,7 +265,7 @@ mod tests {
             ..Default::default()
         };
         let bytes = Encoding::Protobuf.encode(&stats);
-        let back: Vec<Reply> = Encoding::Protobuf.decode(&bytes).unwrap();
+        let back: Vec<Reply> = Encoding::Protobuf.decode(&bytes, 512).unwrap();
         assert_eq!(back, vec![stats]);
     }
 
@@ -268,7 +275,7 @@ mod tests {
             let parts = vec![enc.encode(&sample_reply()), enc.encode(&Reply::default())];
             let mut frame = BytesMut::new();
             enc.join(&parts, &mut frame);
-            let back: Vec<Reply> = enc.decode(&frame).unwrap();
+            let back: Vec<Reply> = enc.decode(&frame, 512).unwrap();
             assert_eq!(back, vec![sample_reply(), Reply::default()], "{enc:?}");
         }
     }
@@ -311,7 +318,7 @@ mod tests {
         let frame = br#"{"id":1,"connect":{"token":"t","name":"js"}}
 {"id":2,"subscribe":{"channel":"news","recover":true,"offset":3,"epoch":"e"}}
 {}"#;
-        let cmds: Vec<Command> = Encoding::Json.decode(frame).unwrap();
+        let cmds: Vec<Command> = Encoding::Json.decode(frame, 512).unwrap();
         assert_eq!(cmds.len(), 3);
         assert_eq!(cmds[0].connect.as_ref().unwrap().token, "t");
         let sub = cmds[1].subscribe.as_ref().unwrap();
@@ -321,10 +328,10 @@ mod tests {
 
     #[test]
     fn bad_frames_are_errors() {
-        assert!(Encoding::Json.decode::<Command>(b"not json").is_err());
+        assert!(Encoding::Json.decode::<Command>(b"not json", 512).is_err());
         assert!(
             Encoding::Protobuf
-                .decode::<Command>(&[0x0a, 0xff, 0xff, 0xff, 0x0f, 0x01])
+                .decode::<Command>(&[0x0a, 0xff, 0xff, 0xff, 0x0f, 0x01], 512)
                 .is_err()
         );
     }

@@ -39,7 +39,8 @@ pub async fn handler(State(node): State<Arc<Node>>, headers: HeaderMap, body: By
             Err(e) => return bad_request(format!("malformed EmulationRequest: {e}")),
         }
     } else {
-        let r: JsonEmulationRequest = match serde_json::from_slice(&body) {
+        let depth = node.config.client.max_json_depth;
+        let r: JsonEmulationRequest = match crate::protocol::json::from_slice(&body, depth) {
             Ok(r) => r,
             Err(e) => return bad_request(format!("malformed emulation request: {e}")),
         };

@@ -26,16 +26,17 @@ pub async fn handler(State(node): State<Arc<Node>>, headers: HeaderMap, body: By
     } else {
         &body
     };
-    let req: proto::ConnectRequest = match serde_json::from_slice(body) {
-        Ok(r) => r,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("malformed connect request: {e}"),
-            )
-                .into_response();
-        }
-    };
+    let req: proto::ConnectRequest =
+        match crate::protocol::json::from_slice(body, node.config.client.max_json_depth) {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("malformed connect request: {e}"),
+                )
+                    .into_response();
+            }
+        };
     let info = TransportInfo {
         name: NAME,
         encoding: Encoding::UniJson,

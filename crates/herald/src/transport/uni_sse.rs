@@ -41,16 +41,17 @@ pub async fn handler(
             .map(|s| s.as_bytes())
             .unwrap_or(b"{}")
     };
-    let req: proto::ConnectRequest = match serde_json::from_slice(raw) {
-        Ok(r) => r,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("malformed cf_connect: {e}"),
-            )
-                .into_response();
-        }
-    };
+    let req: proto::ConnectRequest =
+        match crate::protocol::json::from_slice(raw, node.config.client.max_json_depth) {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("malformed cf_connect: {e}"),
+                )
+                    .into_response();
+            }
+        };
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())

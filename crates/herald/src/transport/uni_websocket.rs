@@ -60,7 +60,10 @@ where
     // The client has `client.stale_close_delay` to send its connect request.
     let first = tokio::time::timeout(node.config.client.stale_close_delay, inbound.next()).await;
     let connected = match first {
-        Ok(Some(Ok(frame))) => match serde_json::from_slice::<proto::ConnectRequest>(&frame) {
+        Ok(Some(Ok(frame))) => match crate::protocol::json::from_slice::<proto::ConnectRequest>(
+            &frame,
+            node.config.client.max_json_depth,
+        ) {
             Ok(req) => {
                 session
                     .connect_unidirectional(req, Default::default())

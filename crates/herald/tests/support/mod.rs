@@ -559,13 +559,16 @@ impl Client {
                 "Protobuf replies must come in binary frames"
             );
         }
-        let replies: Vec<Reply> = self.enc.decode(msg.as_payload()).unwrap_or_else(|e| {
-            panic!(
-                "server sent an undecodable {:?} frame ({e}): {:?}",
-                self.enc,
-                String::from_utf8_lossy(msg.as_payload())
-            )
-        });
+        let replies: Vec<Reply> = self
+            .enc
+            .decode(msg.as_payload(), usize::MAX)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "server sent an undecodable {:?} frame ({e}): {:?}",
+                    self.enc,
+                    String::from_utf8_lossy(msg.as_payload())
+                )
+            });
         for reply in replies {
             if reply == Reply::default() {
                 self.pings += 1;
