@@ -24,13 +24,13 @@ where
         + PartialEq
         + std::fmt::Debug,
 {
-    let Ok(messages) = encoding.decode::<M>(frame) else {
+    let Ok(messages) = encoding.decode::<M>(frame, usize::MAX) else {
         return;
     };
     let parts: Vec<Bytes> = messages.iter().map(|m| encoding.encode(m)).collect();
     let mut again = BytesMut::new();
     encoding.join(&parts, &mut again);
-    match encoding.decode::<M>(&again) {
+    match encoding.decode::<M>(&again, usize::MAX) {
         Ok(back) => assert!(
             back == messages,
             "{encoding:?}: re-encoded {} decodes to {back:?}, not {messages:?}",

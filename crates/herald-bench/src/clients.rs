@@ -364,7 +364,7 @@ impl Conn {
                         return Event::Ping;
                     }
                     Encoding::Json
-                        .decode::<Reply>(unit)
+                        .decode::<Reply>(unit, usize::MAX)
                         .ok()
                         .and_then(|mut v| v.pop())
                 } else {
@@ -403,7 +403,7 @@ impl Conn {
                         return Event::Ping;
                     }
                     Encoding::UniJson
-                        .decode::<Push>(unit)
+                        .decode::<Push>(unit, usize::MAX)
                         .ok()
                         .and_then(|mut v| v.pop())
                 } else {

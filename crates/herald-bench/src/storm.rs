@@ -758,7 +758,7 @@ async fn run_client(c: Arc<Client>, i: usize) {
             Some(Ok(m)) if m.is_close() => break,
             Some(Ok(m)) if m.is_text() || m.is_binary() => c
                 .encoding
-                .decode::<Reply>(m.as_payload())
+                .decode::<Reply>(m.as_payload(), usize::MAX)
                 .unwrap_or_default(),
             Some(Ok(_)) => continue,
             Some(Err(_)) | None => break,
@@ -864,7 +864,7 @@ async fn await_reply(c: &Client, ws: &mut Ws, id: u32) -> Result<(), Failure> {
         }
         let replies = c
             .encoding
-            .decode::<Reply>(m.as_payload())
+            .decode::<Reply>(m.as_payload(), usize::MAX)
             .map_err(|e| (Cause::Other, format!("{what} reply: {e}")))?;
         for r in replies {
             if r.id == id {

@@ -537,13 +537,13 @@ fn apply(frame: &mut Vec<u8>, mutation: &Mutation) {
 /// Decodes `frame` as commands and as replies. Must not panic; whatever decodes must
 /// re-encode (message by message, joined) into a frame that decodes to the same messages.
 fn check_decode(enc: Encoding, frame: &[u8]) -> Result<(), TestCaseError> {
-    if let Ok(commands) = enc.decode::<Command>(frame) {
+    if let Ok(commands) = enc.decode::<Command>(frame, usize::MAX) {
         let again: Vec<Command> = enc
             .decode(&frame_of(enc, &commands), usize::MAX)
             .map_err(|e| TestCaseError::fail(format!("re-encoded commands do not decode: {e}")))?;
         prop_assert_eq!(again, commands);
     }
-    if let Ok(replies) = enc.decode::<Reply>(frame) {
+    if let Ok(replies) = enc.decode::<Reply>(frame, usize::MAX) {
         let again: Vec<Reply> = enc
             .decode(&frame_of(enc, &replies), usize::MAX)
             .map_err(|e| TestCaseError::fail(format!("re-encoded replies do not decode: {e}")))?;
@@ -657,10 +657,14 @@ proptest! {
 #[test]
 fn edge_frames() {
     let json = Encoding::Json;
-    assert_eq!(json.decode::<Command>(b"").unwrap(), vec![]);
-    assert_eq!(json.decode::<Command>(b"\n\n\r\n").unwrap(), vec![]);
+    assert_eq!(json.decode::<Command>(b"", usize::MAX).unwrap(), vec![]);
     assert_eq!(
-        json.decode::<Command>(b"{}\r\n{\"id\":2}\r\n").unwrap(),
+        json.decode::<Command>(b"\n\n\r\n", usize::MAX).unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        json.decode::<Command>(b"{}\r\n{\"id\":2}\r\n", usize::MAX)
+            .unwrap(),
         vec![
             Command::default(),
             Command {
@@ -669,22 +673,31 @@ fn edge_frames() {
             }
         ]
     );
-    assert!(json.decode::<Command>(b"{\"id\":-1}").is_err());
-    assert!(json.decode::<Command>(b"{\"id\":4294967296}").is_err());
+    assert!(json.decode::<Command>(b"{\"id\":-1}", usize::MAX).is_err());
+    assert!(
+        json.decode::<Command>(b"{\"id\":4294967296}", usize::MAX)
+            .is_err()
+    );
 
     let pb = Encoding::Protobuf;
     assert_eq!(
-        pb.decode::<Reply>(&[0, 0]).unwrap(),
+        pb.decode::<Reply>(&[0, 0], usize::MAX).unwrap(),
         vec![Reply::default(); 2]
     );
-    assert!(pb.decode::<Reply>(&[5, 8]).is_err(), "prefix past the end");
     assert!(
-        pb.decode::<Reply>(&[0xff; 11]).is_err(),
+        pb.decode::<Reply>(&[5, 8], usize::MAX).is_err(),
+        "prefix past the end"
+    );
+    assert!(
+        pb.decode::<Reply>(&[0xff; 11], usize::MAX).is_err(),
         "varint longer than 10 bytes"
     );
     assert!(
-        pb.decode::<Reply>(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])
-            .is_err(),
+        pb.decode::<Reply>(
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+            usize::MAX
+        )
+        .is_err(),
         "u64::MAX length"
     );
 }
