@@ -408,21 +408,10 @@ async fn channels(node: &Node, r: ChannelsRequest) -> Result<Value, ClientError>
         .hub
         .channels()
         .into_iter()
-        .filter(|(name, _)| r.pattern.is_empty() || glob(&r.pattern, name))
+        .filter(|(name, _)| r.pattern.is_empty() || crate::glob::matches(&r.pattern, name))
         .map(|(name, n)| (name, json!({ "num_clients": n })))
         .collect();
     Ok(json!({ "channels": map }))
-}
-
-/// Glob match on bytes where `*` is any run of bytes.
-pub(crate) fn glob(pattern: &str, text: &str) -> bool {
-    fn go(p: &[u8], t: &[u8]) -> bool {
-        match p.iter().position(|b| *b == b'*') {
-            None => p == t,
-            Some(i) => t.starts_with(&p[..i]) && (i..=t.len()).any(|j| go(&p[i + 1..], &t[j..])),
-        }
-    }
-    go(pattern.as_bytes(), text.as_bytes())
 }
 
 async fn info(node: &Node, _r: Empty) -> Result<Value, ClientError> {

@@ -595,7 +595,7 @@ pub struct ClientConfig {
     pub subscription_token: SubscriptionTokenConfig,
     /// Origin patterns allowed to connect from browsers: exact origins,
     /// `"*"`, or globs such as `"https://*.example.com"`. See
-    /// [`ClientConfig::origin_allowed`]. Default: empty.
+    /// `crate::transport::origin_allowed`. Default: empty.
     pub allowed_origins: Vec<String>,
     /// Accept every connection without a token, as anonymous, and allow every
     /// channel operation. For demos only. Default `false`.
@@ -666,16 +666,6 @@ impl ClientConfig {
         } else {
             &self.token
         }
-    }
-
-    /// Whether `origin` (the value of an `Origin` header) matches one of
-    /// `allowed_origins`. Matching is ASCII case-insensitive; `*` in a pattern
-    /// matches any run of characters, so `"*"` allows every origin. The caller
-    /// decides what to do with requests without `Origin` and with an empty list.
-    pub fn origin_allowed(&self, origin: &str) -> bool {
-        self.allowed_origins
-            .iter()
-            .any(|pattern| glob_match(pattern.as_bytes(), origin.as_bytes()))
     }
 }
 
@@ -1526,28 +1516,6 @@ fn valid_namespace_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-/// ASCII case-insensitive glob match where `*` matches any run of bytes.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut backtrack: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && pattern[p] == b'*' {
-            backtrack = Some((p, t));
-            p += 1;
-        } else if p < pattern.len() && pattern[p].eq_ignore_ascii_case(&text[t]) {
-            p += 1;
-            t += 1;
-        } else if let Some((bp, bt)) = backtrack {
-            p = bp + 1;
-            t = bt + 1;
-            backtrack = Some((bp, bt + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|&b| b == b'*')
 }
 
 fn redacted(s: &str) -> &'static str {
@@ -2892,30 +2860,6 @@ force_recovery = true
             ch.effective_history_meta_ttl(&opts),
             Duration::from_secs(720 * 3600)
         );
-    }
-
-    #[test]
-    fn origins() {
-        let client = ClientConfig {
-            allowed_origins: vec![
-                "https://example.com".to_owned(),
-                "https://*.example.org".to_owned(),
-            ],
-            ..ClientConfig::default()
-        };
-        assert!(client.origin_allowed("https://example.com"));
-        assert!(client.origin_allowed("HTTPS://EXAMPLE.COM"));
-        assert!(client.origin_allowed("https://a.example.org"));
-        assert!(client.origin_allowed("https://a.b.example.org"));
-        assert!(!client.origin_allowed("https://example.org"));
-        assert!(!client.origin_allowed("http://example.com"));
-        assert!(!client.origin_allowed("https://example.com.evil.net"));
-        let any = ClientConfig {
-            allowed_origins: vec!["*".to_owned()],
-            ..ClientConfig::default()
-        };
-        assert!(any.origin_allowed("https://whatever.test"));
-        assert!(!ClientConfig::default().origin_allowed("https://example.com"));
     }
 
     #[test]

@@ -383,7 +383,7 @@ impl CentrifugoApi for GrpcApi {
             .hub
             .channels()
             .into_iter()
-            .filter(|(name, _)| r.pattern.is_empty() || crate::api::glob(&r.pattern, name))
+            .filter(|(name, _)| r.pattern.is_empty() || crate::glob::matches(&r.pattern, name))
             .map(|(name, n)| {
                 let num_clients = u32::try_from(n).unwrap_or(u32::MAX);
                 (name, proto::ChannelInfo { num_clients })

@@ -10,7 +10,7 @@
 //! - [`node`]: the composition root and server-side operations.
 //! - [`hub`] (local fan-out) and [`engine`] (broker and presence behind traits).
 //! - [`protocol`] (wire types and codecs) and [`auth`] (tokens to credentials).
-//! - [`config`], [`metrics`], [`error`].
+//! - [`config`], [`metrics`], [`error`], [`glob`] (the one pattern matcher).
 //!
 //! Invariants: a publication is encoded once per encoding and shared as `Bytes`; every
 //! client queue is bounded; every channel's publications reach each subscriber in offset
@@ -21,6 +21,7 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod glob;
 pub mod grpc_api;
 pub mod hub;
 pub mod listener;

@@ -386,3 +386,61 @@ async fn disabled_transports_are_not_routed() {
     c.subscribe("bad:still", None).await;
     healthy(&server, &mut w, "disabled transports").await;
 }
+
+/// With `client.allowed_origins` set, only its origins may connect: a page whose origin
+/// equals the `Host` it sent (the shape of a DNS-rebinding attack) is refused on every
+/// browser transport; a listed origin still connects, and without a list the same-origin
+/// exception still admits a page served by Herald itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_same_origin_host_is_no_exception_under_an_origin_list() {
+    let mut cfg = config();
+    support::merge(
+        &mut cfg,
+        json!({"client": {"allowed_origins": ["https://app.example.com"]}}),
+    );
+    let listed = TestServer::start(cfg).await;
+    let unlisted = TestServer::start(config()).await;
+    let http_listed = Http::h1(listed.addr);
+    let http_unlisted = Http::h1(unlisted.addr);
+    let connect = url_encode("{}");
+    let paths = [
+        "/connection/websocket".to_string(),
+        "/connection/uni_websocket".to_string(),
+        format!("/connection/uni_sse?cf_connect={connect}"),
+        format!("/connection/sse?cf_connect={connect}"),
+    ];
+    let status = |http: &Http, path: &str, host: &str, origin: &str| {
+        let req = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(path)
+            .header(http::header::HOST, host)
+            .header(http::header::ORIGIN, origin)
+            .header(http::header::CONNECTION, "Upgrade")
+            .header(http::header::UPGRADE, "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let http = http.clone();
+        async move {
+            let (resp, conn) = http.send(req).await;
+            conn.abort();
+            resp.status().as_u16()
+        }
+    };
+    for path in &paths {
+        let rebinding = status(&http_listed, path, "evil.example", "http://evil.example").await;
+        assert_eq!(rebinding, 403, "{path}: rebinding shape under a list");
+        let good = status(
+            &http_listed,
+            path,
+            "evil.example",
+            "https://app.example.com",
+        )
+        .await;
+        assert_ne!(good, 403, "{path}: a listed origin");
+        let own = format!("http://{}", unlisted.addr);
+        let same = status(&http_unlisted, path, &unlisted.addr.to_string(), &own).await;
+        assert_ne!(same, 403, "{path}: same origin without a list");
+    }
+}

@@ -15,8 +15,13 @@ mod ws_common;
 use http::HeaderMap;
 
 /// Whether a browser's `Origin` may open a connection (protection against cross-site
-/// WebSocket hijacking). No Origin header (not a browser) is allowed; otherwise the origin
-/// must match one of `allowed` ("*", exact, or with `*` wildcards) or the request's Host.
+/// WebSocket hijacking and cross-origin reads of streams). No Origin header (not a browser)
+/// is allowed. With `client.allowed_origins` set, the origin must match one of its patterns
+/// ("*", exact, or with `*` wildcards; ASCII case ignored) and nothing else: the same-origin
+/// exception (origin host equal to `Host`) applies only when no list is configured, because
+/// under DNS rebinding an attacker's page is same-origin with a `Host` the attacker chose
+/// (`Origin: http://evil.example`, `Host: evil.example`), and a configured list is the
+/// operator saying exactly which pages may connect.
 pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     let Some(origin) = headers
         .get(http::header::ORIGIN)
@@ -25,11 +30,10 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
         return true;
     };
     let origin = origin.to_ascii_lowercase();
-    if allowed
-        .iter()
-        .any(|pattern| wildcard_match(&pattern.to_ascii_lowercase(), &origin))
-    {
-        return true;
+    if !allowed.is_empty() {
+        return allowed
+            .iter()
+            .any(|pattern| crate::glob::matches(&pattern.to_ascii_lowercase(), &origin));
     }
     let host = headers
         .get(http::header::HOST)
@@ -37,26 +41,6 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
         .unwrap_or("");
     let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(&origin);
     !host.is_empty() && origin_host == host.to_ascii_lowercase()
-}
-
-/// Glob match where `*` stands for any run of characters.
-fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 #[cfg(test)]
@@ -72,29 +56,39 @@ mod tests {
         h
     }
 
+    fn allowed(origin: &str, host: &str, list: &[&str]) -> bool {
+        let list: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+        origin_allowed(&headers(Some(origin), host), &list)
+    }
+
     #[test]
-    fn origins() {
-        let allowed = vec!["https://*.example.com".to_string()];
-        assert!(origin_allowed(&headers(None, "h"), &allowed));
-        assert!(origin_allowed(
-            &headers(Some("https://app.example.com"), "h"),
-            &allowed
+    fn a_list_admits_its_patterns_only() {
+        let list = ["https://example.com", "https://*.example.org"];
+        assert!(origin_allowed(&headers(None, "h"), &[]));
+        assert!(allowed("https://example.com", "h", &list));
+        assert!(allowed("HTTPS://EXAMPLE.COM", "h", &list));
+        assert!(allowed("https://a.example.org", "h", &list));
+        assert!(allowed("https://a.b.example.org", "h", &list));
+        assert!(!allowed("https://example.org", "h", &list));
+        assert!(!allowed("http://example.com", "h", &list));
+        assert!(!allowed("https://example.com.evil.net", "h", &list));
+        assert!(allowed("https://whatever.test", "h", &["*"]));
+    }
+
+    #[test]
+    fn same_origin_is_allowed_only_without_a_list() {
+        assert!(allowed("http://localhost:8000", "localhost:8000", &[]));
+        assert!(!allowed("https://x.org", "h", &[]));
+        // DNS rebinding: the attacker's page is same-origin with the Host it chose.
+        assert!(!allowed(
+            "http://evil.example",
+            "evil.example",
+            &["https://app.example.com"]
         ));
-        assert!(!origin_allowed(
-            &headers(Some("https://evil.com"), "h"),
-            &allowed
-        ));
-        assert!(!origin_allowed(
-            &headers(Some("https://example.com.evil.com"), "h"),
-            &allowed
-        ));
-        assert!(origin_allowed(
-            &headers(Some("http://localhost:8000"), "localhost:8000"),
-            &[]
-        ));
-        assert!(origin_allowed(
-            &headers(Some("https://x.org"), "h"),
-            &["*".to_string()]
+        assert!(allowed(
+            "https://app.example.com",
+            "evil.example",
+            &["https://app.example.com"]
         ));
     }
 }
