@@ -84,9 +84,9 @@ pub struct Herald {
 
 impl Herald {
     /// Starts Herald with `config_json` (an object in Centrifugo v6 key shape) on a free port of 127.0.0.1.
-    /// `http_server.address` and `http_server.port` are overwritten; `client.token.hmac_secret_key` and
-    /// `http_api.key` get [`DEFAULT_SECRET`] and [`DEFAULT_API_KEY`] when unset. Panics, with the server's log,
-    /// when it does not become healthy in time.
+    /// `http_server.address` and `http_server.port` are overwritten (its other keys are kept);
+    /// `client.token.hmac_secret_key` and `http_api.key` get [`DEFAULT_SECRET`] and [`DEFAULT_API_KEY`] when unset.
+    /// Panics, with the server's log, when it does not become healthy in time.
     pub fn start(config_json: Value) -> Herald {
         let dir = make_temp_dir();
         let mut last_error = String::new();
@@ -106,10 +106,14 @@ impl Herald {
         let obj = config
             .as_object_mut()
             .expect("the config must be a JSON object");
-        obj.insert(
-            "http_server".into(),
-            json!({"address": "127.0.0.1", "port": port}),
-        );
+        // Other `http_server` keys of the caller (timeouts, backlog) are kept.
+        let http_server = obj.entry("http_server").or_insert_with(|| json!({}));
+        if !http_server.is_object() {
+            *http_server = json!({});
+        }
+        let http_server = http_server.as_object_mut().unwrap();
+        http_server.insert("address".into(), json!("127.0.0.1"));
+        http_server.insert("port".into(), json!(port));
         let secret = ensure_string(
             &mut config,
             &["client", "token", "hmac_secret_key"],
@@ -210,6 +214,11 @@ impl Herald {
         let text = fs::read_to_string(&self.log_path).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The server's process id (for `/proc/PID/...` and `prlimit`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the server process is still running.

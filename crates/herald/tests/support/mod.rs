@@ -12,6 +12,7 @@
 //! a message saying what was awaited. Use with `#[macro_use] mod support;`.
 #![allow(dead_code, unused_macros)]
 
+pub mod raw;
 pub mod streams;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
