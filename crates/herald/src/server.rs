@@ -402,15 +402,21 @@ impl Server {
                                     }
                                 };
                                 // The protocol ALPN selected is the only one spoken on the
-                                // connection (RFC 7301): after `h2`, HTTP/1.1 is refused.
-                                let builder = match tls_stream.get_ref().1.alpn_protocol() {
-                                    Some(b"h2") => builder.http2_only(),
-                                    Some(b"http/1.1") => builder.http1_only(),
-                                    _ => builder,
+                                // connection (RFC 7301): after `h2`, HTTP/1.1 is refused. Only
+                                // `serve_connection` honours `http2_only` (the upgrade-capable
+                                // path sniffs the bytes whatever it says), and HTTP/2 has no
+                                // Upgrade to serve.
+                                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                                let io = TokioIo::new(FirstBytesDeadline::new(tls_stream, deadline));
+                                let result = if h2 {
+                                    let h2_builder = builder.http2_only();
+                                    let conn = h2_builder.serve_connection(io, service);
+                                    watcher.watch(conn.into_owned()).await
+                                } else {
+                                    let conn = builder.serve_connection_with_upgrades(io, service);
+                                    watcher.watch(conn.into_owned()).await
                                 };
-                                let tls_stream = FirstBytesDeadline::new(tls_stream, deadline);
-                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
-                                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                                if let Err(e) = result {
                                     tracing::trace!(%peer, error = %e, "connection ended with error");
                                 }
                             });
