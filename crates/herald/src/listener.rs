@@ -8,6 +8,9 @@
 //! forever, and enough of them exhaust the open-file limit. [`FirstBytesDeadline`] closes
 //! that gap: from accept until the first request head (HTTP/1.1) or the preface and the
 //! client's first frame header (HTTP/2) have arrived, reads fail once the deadline passes.
+//! After TLS selected `http/1.1` by ALPN it also refuses the HTTP/2 preface: hyper-util's
+//! upgrade-capable auto connection sniffs the protocol whatever it is told, and the
+//! protocol ALPN chose is the only one to be spoken (RFC 7301).
 
 use std::io;
 use std::net::SocketAddr;
@@ -90,6 +93,19 @@ pub struct FirstBytesDeadline<S> {
     /// connection's life.
     deadline: Option<Pin<Box<Sleep>>>,
     phase: Phase,
+    /// The HTTP/2 preface fails the read (TLS negotiated `http/1.1`).
+    refuse_http2: bool,
+}
+
+/// What the bytes read so far tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Observed {
+    /// Not yet the protocol's opening.
+    Waiting,
+    /// The first request head or the HTTP/2 preface and a frame header.
+    Recognised,
+    /// The HTTP/2 preface where only HTTP/1.1 may be spoken.
+    RefusedHttp2,
 }
 
 impl<S> FirstBytesDeadline<S> {
@@ -99,15 +115,28 @@ impl<S> FirstBytesDeadline<S> {
             inner,
             deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
             phase: Phase::Undecided { matched: 0 },
+            refuse_http2: false,
         }
     }
 
-    /// Advances the phase over newly read bytes; true once the protocol is recognised.
-    fn observe(&mut self, bytes: &[u8]) -> bool {
+    /// As [`new`](Self::new), for a connection on which TLS selected `http/1.1`: the
+    /// HTTP/2 preface fails the read, so the connection closes without an answer.
+    pub fn http1_only(inner: S, deadline: Instant) -> Self {
+        FirstBytesDeadline {
+            refuse_http2: true,
+            ..Self::new(inner, deadline)
+        }
+    }
+
+    /// Advances the phase over newly read bytes.
+    fn observe(&mut self, bytes: &[u8]) -> Observed {
         for &b in bytes {
             self.phase = match self.phase {
                 Phase::Undecided { matched } if b == H2_PREFACE[matched] => {
                     if matched + 1 == H2_PREFACE.len() {
+                        if self.refuse_http2 {
+                            return Observed::RefusedHttp2;
+                        }
                         Phase::Http2Frame { seen: 0 }
                     } else {
                         Phase::Undecided {
@@ -122,26 +151,26 @@ impl<S> FirstBytesDeadline<S> {
                         .chain(std::iter::once(&b))
                         .fold(0, |tail, &b| next_tail(tail, b));
                     if tail == 4 {
-                        return true;
+                        return Observed::Recognised;
                     }
                     Phase::Http1Head { tail }
                 }
                 Phase::Http1Head { tail } => {
                     let tail = next_tail(tail, b);
                     if tail == 4 {
-                        return true;
+                        return Observed::Recognised;
                     }
                     Phase::Http1Head { tail }
                 }
                 Phase::Http2Frame { seen } => {
                     if seen + 1 == H2_FRAME_HEADER {
-                        return true;
+                        return Observed::Recognised;
                     }
                     Phase::Http2Frame { seen: seen + 1 }
                 }
             };
         }
-        false
+        Observed::Waiting
     }
 }
 
@@ -169,12 +198,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for FirstBytesDeadline<S> {
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if this.observe(&buf.filled()[before..]) {
+            Poll::Ready(Ok(())) => match this.observe(&buf.filled()[before..]) {
+                Observed::Waiting => Poll::Ready(Ok(())),
+                Observed::Recognised => {
                     this.deadline = None;
+                    Poll::Ready(Ok(()))
                 }
-                Poll::Ready(Ok(()))
-            }
+                Observed::RefusedHttp2 => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the HTTP/2 preface on a connection where TLS selected http/1.1",
+                ))),
+            },
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => match this.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
                 Some(Poll::Ready(())) => Poll::Ready(Err(io::Error::new(
@@ -261,13 +295,39 @@ impl AcceptErrorLog {
 mod tests {
     use super::*;
 
-    fn recognised(chunks: &[&[u8]]) -> bool {
+    fn observed(chunks: &[&[u8]], refuse_http2: bool) -> Observed {
         let mut io = FirstBytesDeadline {
             inner: (),
             deadline: None,
             phase: Phase::Undecided { matched: 0 },
+            refuse_http2,
         };
-        chunks.iter().any(|c| io.observe(c))
+        chunks
+            .iter()
+            .map(|c| io.observe(c))
+            .find(|o| *o != Observed::Waiting)
+            .unwrap_or(Observed::Waiting)
+    }
+
+    fn recognised(chunks: &[&[u8]]) -> bool {
+        observed(chunks, false) == Observed::Recognised
+    }
+
+    #[test]
+    fn after_alpn_http1_the_http2_preface_is_refused_and_http1_passes() {
+        assert_eq!(observed(&[H2_PREFACE], true), Observed::RefusedHttp2);
+        assert_eq!(
+            observed(&[&H2_PREFACE[..10], &H2_PREFACE[10..]], true),
+            Observed::RefusedHttp2
+        );
+        assert_eq!(
+            observed(&[b"GET / HTTP/1.1\r\n\r\n"], true),
+            Observed::Recognised
+        );
+        assert_eq!(
+            observed(&[b"PRI * HTTP/1.1\r\n\r\n"], true),
+            Observed::Recognised
+        );
     }
 
     #[test]

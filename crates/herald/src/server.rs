@@ -406,15 +406,26 @@ impl Server {
                                 // `serve_connection` honours `http2_only` (the upgrade-capable
                                 // path sniffs the bytes whatever it says), and HTTP/2 has no
                                 // Upgrade to serve.
-                                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                                let io = TokioIo::new(FirstBytesDeadline::new(tls_stream, deadline));
-                                let result = if h2 {
-                                    let h2_builder = builder.http2_only();
-                                    let conn = h2_builder.serve_connection(io, service);
-                                    watcher.watch(conn.into_owned()).await
-                                } else {
-                                    let conn = builder.serve_connection_with_upgrades(io, service);
-                                    watcher.watch(conn.into_owned()).await
+                                let alpn = tls_stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                                let result = match alpn.as_deref() {
+                                    Some(b"h2") => {
+                                        let io = TokioIo::new(FirstBytesDeadline::new(tls_stream, deadline));
+                                        let h2_builder = builder.http2_only();
+                                        let conn = h2_builder.serve_connection(io, service);
+                                        watcher.watch(conn.into_owned()).await
+                                    }
+                                    // After `http/1.1` the preface is refused by the reader
+                                    // (the upgrade path would take it as HTTP/2).
+                                    Some(b"http/1.1") => {
+                                        let io = TokioIo::new(FirstBytesDeadline::http1_only(tls_stream, deadline));
+                                        let conn = builder.serve_connection_with_upgrades(io, service);
+                                        watcher.watch(conn.into_owned()).await
+                                    }
+                                    _ => {
+                                        let io = TokioIo::new(FirstBytesDeadline::new(tls_stream, deadline));
+                                        let conn = builder.serve_connection_with_upgrades(io, service);
+                                        watcher.watch(conn.into_owned()).await
+                                    }
                                 };
                                 if let Err(e) = result {
                                     tracing::trace!(%peer, error = %e, "connection ended with error");

@@ -385,9 +385,8 @@ fn h2_frame_types(mut bytes: &[u8]) -> Vec<u8> {
 
 // hyper-util 0.1.21's `auto::Builder::serve_connection_with_upgrades` ignores
 // `http2_only` / `http1_only` and sniffs the first bytes (only `serve_connection` honours
-// them). This test found it: ALPN `h2` connections are now served with `serve_connection`.
-// After ALPN `http/1.1` the same gap remains (ignored test below) until that path uses
-// hyper's HTTP/1 builder with upgrades.
+// them). This test found it: ALPN `h2` connections are now served with `serve_connection`,
+// and after ALPN `http/1.1` the first-bytes reader refuses the HTTP/2 preface.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_alpn_h2_only_http2_is_spoken() {
     let (server, files) = tls_server().await;
@@ -433,9 +432,7 @@ async fn after_alpn_h2_only_http2_is_spoken() {
     assert_eq!(status, 200, "h2 over TLS: {body}");
 }
 
-// BUG: see `after_alpn_h2_only_http2_is_spoken`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: after ALPN http/1.1, HTTP/2 is still spoken (hyper-util ignores http1_only with upgrades)"]
 async fn after_alpn_http1_only_http1_is_spoken() {
     let (server, files) = tls_server().await;
     // HTTP/1.1 works.
