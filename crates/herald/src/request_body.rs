@@ -45,6 +45,19 @@ pub fn error_response(status: StatusCode, message: impl Into<String>) -> Respons
 }
 
 impl BodyLimit {
+    /// `route` with its body read under these rules (axum's own default limit, which
+    /// would cut the body earlier, is turned off).
+    pub fn apply<S: Clone + Send + Sync + 'static>(
+        self,
+        route: axum::routing::MethodRouter<S>,
+    ) -> axum::routing::MethodRouter<S> {
+        route
+            .layer::<_, std::convert::Infallible>(axum::middleware::from_fn_with_state(
+                self, buffer,
+            ))
+            .layer(axum::extract::DefaultBodyLimit::disable())
+    }
+
     fn too_large(&self) -> Response {
         error_response(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -10,7 +10,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::{MethodRouter, any, get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Config;
 use crate::listener::{self, AcceptErrorLog, FirstBytesDeadline};
 use crate::node::Node;
-use crate::request_body::{self, BodyLimit};
+use crate::request_body::BodyLimit;
 use crate::transport;
 
 /// How long shutdown waits for clients to go after telling them to reconnect.
@@ -36,18 +36,13 @@ const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
 pub fn router(node: Arc<Node>) -> Router {
     let cfg = node.config.clone();
     let timeout = cfg.http_server.request_body_timeout;
-    // The body is read by the BodyLimit layer; axum's own default limit must not cut it
-    // earlier.
     let limited = |m: MethodRouter<Arc<Node>>, max_size: usize, key: &'static str| {
-        m.layer::<_, std::convert::Infallible>(axum::middleware::from_fn_with_state(
-            BodyLimit {
-                max_size,
-                key,
-                timeout,
-            },
-            request_body::buffer,
-        ))
-        .layer(DefaultBodyLimit::disable())
+        BodyLimit {
+            max_size,
+            key,
+            timeout,
+        }
+        .apply(m)
     };
     // The key is checked from the headers before any of the body is read.
     let api = limited(

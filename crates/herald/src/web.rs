@@ -191,6 +191,12 @@ struct Web {
 /// The demo's and the console's routes, as configured (an empty router when both are off).
 pub fn router(node: Arc<Node>) -> Router {
     let cfg = node.config.clone();
+    // Bodies are small JSON objects; the API's limit and the one body deadline apply.
+    let body = crate::request_body::BodyLimit {
+        max_size: cfg.http_api.max_request_body_size,
+        key: "http_api.max_request_body_size",
+        timeout: cfg.http_server.request_body_timeout,
+    };
     let mut r: Router<Web> = Router::new();
     if cfg.demo.enabled {
         r = r
@@ -206,11 +212,32 @@ pub fn router(node: Arc<Node>) -> Router {
                 "/demo/style.css",
                 get(|h: HeaderMap| async move { serve(&DEMO_CSS, &h) }),
             )
-            .route("/demo/token", post(demo_token))
+            .route("/demo/token", body.apply(post(demo_token)))
             .route("/demo/rooms", get(demo_rooms));
     }
+    let secret = if cfg.admin.secret.is_empty() {
+        crate::auth::generate_secret()
+    } else {
+        cfg.admin.secret.clone()
+    };
+    // Derived, so that a secret shared with the token keys still makes distinct keys.
+    let session_key = Arc::new(format!("herald-console-session:{secret}").into_bytes());
+    let web = Web { node, session_key };
     if cfg.admin.enabled {
         let page = || get(|h: HeaderMap| async move { serve(&CONSOLE_HTML, &h) });
+        // The session is checked from the headers before any of the body is read.
+        let data = Router::new()
+            .route("/console/api/info", get(info))
+            .route("/console/api/channels", get(channels))
+            .route("/console/api/connections", get(connections))
+            .route("/console/api/presence", body.apply(post(presence)))
+            .route("/console/api/history", body.apply(post(history)))
+            .route("/console/api/publish", body.apply(post(publish)))
+            .route("/console/api/disconnect", body.apply(post(disconnect)))
+            .route_layer(axum::middleware::from_fn_with_state(
+                web.clone(),
+                require_session,
+            ));
         r = r
             .route("/console", page())
             .route("/console/", page())
@@ -222,24 +249,11 @@ pub fn router(node: Arc<Node>) -> Router {
                 "/console/style.css",
                 get(|h: HeaderMap| async move { serve(&CONSOLE_CSS, &h) }),
             )
-            .route("/console/api/login", post(login))
+            .route("/console/api/login", body.apply(post(login)))
             .route("/console/api/session", get(session))
-            .route("/console/api/info", get(info))
-            .route("/console/api/channels", get(channels))
-            .route("/console/api/connections", get(connections))
-            .route("/console/api/presence", post(presence))
-            .route("/console/api/history", post(history))
-            .route("/console/api/publish", post(publish))
-            .route("/console/api/disconnect", post(disconnect));
+            .merge(data);
     }
-    let secret = if cfg.admin.secret.is_empty() {
-        crate::auth::generate_secret()
-    } else {
-        cfg.admin.secret.clone()
-    };
-    // Derived, so that a secret shared with the token keys still makes distinct keys.
-    let session_key = Arc::new(format!("herald-console-session:{secret}").into_bytes());
-    r.with_state(Web { node, session_key })
+    r.with_state(web)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -405,13 +419,16 @@ fn authenticated(web: &Web, headers: &HeaderMap) -> bool {
         .is_some_and(|t| session_valid(&web.session_key, t.trim()))
 }
 
-/// Answers 401 unless the request carries a valid console session.
-macro_rules! require_session {
-    ($web:expr, $headers:expr) => {
-        if !authenticated(&$web, &$headers) {
-            return error(StatusCode::UNAUTHORIZED, "log in first");
-        }
-    };
+/// Middleware: 401 unless the request carries a valid console session.
+async fn require_session(
+    State(web): State<Web>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !authenticated(&web, req.headers()) {
+        return error(StatusCode::UNAUTHORIZED, "log in first");
+    }
+    next.run(req).await
 }
 
 #[derive(Deserialize)]
@@ -486,8 +503,7 @@ fn metric_sums(text: &str) -> (HashMap<String, f64>, HashMap<String, f64>) {
 
 /// `GET /console/api/info`: the node's counts, its message counters (the console turns them
 /// into rates) and its connections by transport.
-async fn info(State(web): State<Web>, headers: HeaderMap) -> Response {
-    require_session!(web, headers);
+async fn info(State(web): State<Web>) -> Response {
     let (sums, connections) = metric_sums(&web.node.metrics.render());
     let counter = |name: &str| sums.get(name).copied().unwrap_or(0.0) as u64;
     axum::Json(json!({
@@ -504,8 +520,7 @@ async fn info(State(web): State<Web>, headers: HeaderMap) -> Response {
 }
 
 /// `GET /console/api/channels`: channels with subscribers on this node, most subscribed first.
-async fn channels(State(web): State<Web>, headers: HeaderMap) -> Response {
-    require_session!(web, headers);
+async fn channels(State(web): State<Web>) -> Response {
     let mut list = web.node.hub.channels();
     list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let total = list.len();
@@ -518,8 +533,7 @@ async fn channels(State(web): State<Web>, headers: HeaderMap) -> Response {
 }
 
 /// `GET /console/api/connections`: this node's connections (client id and user).
-async fn connections(State(web): State<Web>, headers: HeaderMap) -> Response {
-    require_session!(web, headers);
+async fn connections(State(web): State<Web>) -> Response {
     let mut list: Vec<(String, String)> = web
         .node
         .hub
@@ -556,8 +570,7 @@ struct ChannelRequest {
 }
 
 /// `POST /console/api/presence {"channel": C}`: who is in C.
-async fn presence(State(web): State<Web>, headers: HeaderMap, body: Bytes) -> Response {
-    require_session!(web, headers);
+async fn presence(State(web): State<Web>, body: Bytes) -> Response {
     let req: ChannelRequest = match parse(&web.node, &body) {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
@@ -574,8 +587,7 @@ async fn presence(State(web): State<Web>, headers: HeaderMap, body: Bytes) -> Re
 }
 
 /// `POST /console/api/history {"channel": C, "limit": N}`: C's last N publications, newest first.
-async fn history(State(web): State<Web>, headers: HeaderMap, body: Bytes) -> Response {
-    require_session!(web, headers);
+async fn history(State(web): State<Web>, body: Bytes) -> Response {
     let req: ChannelRequest = match parse(&web.node, &body) {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
@@ -617,8 +629,7 @@ struct PublishRequest {
 }
 
 /// `POST /console/api/publish {"channel": C, "data": JSON}`: publishes as the server API does.
-async fn publish(State(web): State<Web>, headers: HeaderMap, body: Bytes) -> Response {
-    require_session!(web, headers);
+async fn publish(State(web): State<Web>, body: Bytes) -> Response {
     let req: PublishRequest = match parse(&web.node, &body) {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
@@ -643,8 +654,7 @@ struct DisconnectRequest {
 
 /// `POST /console/api/disconnect {"user": U, "reconnect": B}`: closes every connection of U
 /// on this node, with "force reconnect" (3011) or "force disconnect" (3503, the default).
-async fn disconnect(State(web): State<Web>, headers: HeaderMap, body: Bytes) -> Response {
-    require_session!(web, headers);
+async fn disconnect(State(web): State<Web>, body: Bytes) -> Response {
     let req: DisconnectRequest = match parse(&web.node, &body) {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),

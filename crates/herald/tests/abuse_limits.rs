@@ -43,8 +43,15 @@ const TRANSPORT_ROUTES: &[(&str, &str)] = &[
     ("/connection/uni_sse", "uni_sse.max_request_body_size"),
 ];
 
+/// Console and demo routes that take a body before any session (limited as the API).
+const WEB_ROUTES: &[&str] = &["/console/api/login", "/demo/token"];
+
 fn server_config() -> serde_json::Value {
-    json!({"http_server": {"request_body_timeout": format!("{}s", BODY_TIMEOUT.as_secs())}})
+    json!({
+        "http_server": {"request_body_timeout": format!("{}s", BODY_TIMEOUT.as_secs())},
+        "admin": {"enabled": true, "password": "console-password"},
+        "demo": {"enabled": true},
+    })
 }
 
 /// A `POST path` head declaring `content_length`, with `X-API-Key: key` when given.
@@ -219,6 +226,15 @@ async fn declared_lengths_over_a_limit_are_answered_413_json_at_once() {
             vec![key, transport_limit.as_str()],
         ));
     }
+    for path in WEB_ROUTES {
+        cases.push((
+            path,
+            None,
+            API_LIMIT + 1,
+            413,
+            vec!["http_api.max_request_body_size", api_limit.as_str()],
+        ));
+    }
     // Without the key, the key is what is wrong, whatever the body.
     cases.push(("/api/publish", None, API_LIMIT + 1, 401, vec!["API key"]));
 
@@ -235,6 +251,16 @@ async fn declared_lengths_over_a_limit_are_answered_413_json_at_once() {
             assert_error(&r, status, &words, &what);
         });
     futures_util::future::join_all(runs).await;
+
+    // The console's data routes check the session from the headers first, as the API
+    // checks its key.
+    for path in ["/console/api/publish", "/console/api/disconnect"] {
+        let (mut rd, _wr, sent) = send_head(addr, &post_head(path, None, API_LIMIT)).await;
+        let r = raw::read_response(&mut rd, sent + AT_ONCE)
+            .await
+            .unwrap_or_else(|e| panic!("POST {path} without a session: no answer at once: {e}"));
+        assert_eq!(r.status, 401, "POST {path} without a session: {r:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,6 +334,7 @@ async fn slow_bodies_are_answered_408_and_their_connections_closed() {
     let server = TestServer::start(server_config()).await;
     let mut routes = vec![("/api/publish", Some(API_KEY))];
     routes.extend(TRANSPORT_ROUTES.iter().map(|(path, _)| (*path, None)));
+    routes.extend(WEB_ROUTES.iter().map(|path| (*path, None)));
     let addr = server.addr;
     let runs = routes.into_iter().map(|(path, key)| async move {
         let what = format!("POST {path} with a body of one byte per 500 ms");
