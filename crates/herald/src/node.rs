@@ -11,10 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::TokenVerifier;
 use crate::config::{ChannelOptions, Config};
-use crate::engine::memory::{MemoryBroker, MemoryPresence};
 use crate::engine::{
-    Broker, BrokerEventHandler, ClientInfo, EngineError, HistoryFilter, HistoryResult,
-    PresenceManager, Publication, PublishOptions, StreamPosition,
+    BrokerEventHandler, ClientInfo, Engine, EngineError, HistoryFilter, HistoryResult, Publication,
+    PublishOptions, StreamPosition,
 };
 use crate::error::{ClientError, Disconnect};
 use crate::hub::{Control, Hub};
@@ -64,6 +63,9 @@ pub enum StartError {
     /// The subscription token configuration is unusable.
     #[error("client.subscription_token: {0}")]
     SubscriptionToken(String),
+    /// The engine cannot be built from `engine.*`.
+    #[error("engine: {0}")]
+    Engine(#[from] EngineError),
 }
 
 /// Counts of one node, for the `info` API and the console.
@@ -99,9 +101,8 @@ pub struct Node {
     pub sub_verifier: TokenVerifier,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
-    broker: Arc<dyn Broker>,
-    presence: Arc<dyn PresenceManager>,
-    memory: Option<Arc<MemoryBroker>>,
+    /// Broker and presence; started by [`Node::start`], closed by [`Node::close`].
+    engine: Engine,
     uid: String,
     started: Instant,
     shutdown: CancellationToken,
@@ -136,19 +137,14 @@ impl BrokerEventHandler for HubHandler {
 }
 
 impl Node {
-    /// A node with the memory engine.
+    /// A node with the engine `config.engine` names.
     pub fn new(config: Config) -> Result<Arc<Node>, StartError> {
-        let memory = Arc::new(MemoryBroker::new());
-        let presence = Arc::new(MemoryPresence::new());
-        Self::with_engine(config, memory.clone(), presence, Some(memory))
+        let engine = Engine::build(&config.engine)?;
+        Self::with_engine(config, engine)
     }
 
-    fn with_engine(
-        config: Config,
-        broker: Arc<dyn Broker>,
-        presence: Arc<dyn PresenceManager>,
-        memory: Option<Arc<MemoryBroker>>,
-    ) -> Result<Arc<Node>, StartError> {
+    /// A node on `engine` (tests wrap an engine to slow or fail it).
+    pub fn with_engine(config: Config, engine: Engine) -> Result<Arc<Node>, StartError> {
         let verifier = TokenVerifier::new(&config.client.token)
             .map_err(|e| StartError::Token(e.to_string()))?;
         let sub_verifier = if config.client.subscription_token.enabled {
@@ -159,7 +155,7 @@ impl Node {
         };
         let hub = Arc::new(Hub::new());
         let metrics = Arc::new(Metrics::new());
-        broker.register_handler(Arc::new(HubHandler {
+        engine.broker.register_handler(Arc::new(HubHandler {
             hub: hub.clone(),
             metrics: metrics.clone(),
         }));
@@ -169,9 +165,7 @@ impl Node {
             verifier,
             sub_verifier,
             metrics,
-            broker,
-            presence,
-            memory,
+            engine,
             uid: uuid::Uuid::new_v4().to_string(),
             started: Instant::now(),
             shutdown: CancellationToken::new(),
@@ -183,23 +177,24 @@ impl Node {
         &self.uid
     }
 
-    /// Starts periodic housekeeping (history expiry, gauges). Runs until shutdown.
-    pub fn spawn_background(self: &Arc<Self>) {
+    /// Starts the engine's background work and the gauges' refresh (until shutdown).
+    pub fn start(self: &Arc<Self>) {
+        self.engine.start();
         let node = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! {
                     _ = node.shutdown.cancelled() => return,
-                    _ = tick.tick() => {
-                        if let Some(m) = &node.memory {
-                            m.sweep();
-                        }
-                        node.metrics.update_gauges(&node.hub);
-                    }
+                    _ = tick.tick() => node.metrics.update_gauges(&node.hub),
                 }
             }
         });
+    }
+
+    /// Closes the engine; called once the clients are drained.
+    pub async fn close(&self) {
+        self.engine.close().await;
     }
 
     /// The options of a channel's namespace.
@@ -248,7 +243,11 @@ impl Node {
             tags,
             ..Default::default()
         };
-        let position = self.broker.publish(channel, publication, &popts).await?;
+        let position = self
+            .engine
+            .broker
+            .publish(channel, publication, &popts)
+            .await?;
         self.metrics
             .publish_latency
             .observe(started.elapsed().as_secs_f64());
@@ -266,7 +265,7 @@ impl Node {
         if opts.history_size == 0 || opts.history_ttl.is_zero() {
             return Err(NodeError::NotAvailable);
         }
-        let result = self.broker.history(channel, filter).await?;
+        let result = self.engine.broker.history(channel, filter).await?;
         if let Some(since) = &filter.since
             && since.epoch != result.position.epoch
             && !since.epoch.is_empty()
@@ -282,13 +281,13 @@ impl Node {
         channel: &str,
         filter: &HistoryFilter,
     ) -> Result<HistoryResult, NodeError> {
-        Ok(self.broker.history(channel, filter).await?)
+        Ok(self.engine.broker.history(channel, filter).await?)
     }
 
     /// Drops a channel's history.
     pub async fn remove_history(&self, channel: &str) -> Result<(), NodeError> {
         self.channel_options(channel)?;
-        Ok(self.broker.remove_history(channel).await?)
+        Ok(self.engine.broker.remove_history(channel).await?)
     }
 
     /// Who is in a channel.
@@ -299,7 +298,7 @@ impl Node {
         if !self.channel_options(channel)?.presence {
             return Err(NodeError::NotAvailable);
         }
-        Ok(self.presence.presence(channel).await?)
+        Ok(self.engine.presence.presence(channel).await?)
     }
 
     /// Number of clients and users in a channel.
@@ -307,7 +306,7 @@ impl Node {
         if !self.channel_options(channel)?.presence {
             return Err(NodeError::NotAvailable);
         }
-        Ok(self.presence.stats(channel).await?)
+        Ok(self.engine.presence.stats(channel).await?)
     }
 
     /// Adds a subscriber to the hub and, when it is the first here, the node to the broker.
@@ -318,7 +317,7 @@ impl Node {
         join_leave: bool,
     ) -> Result<(), NodeError> {
         if self.hub.add_subscriber(channel, client, join_leave)
-            && let Err(e) = self.broker.subscribe(channel).await
+            && let Err(e) = self.engine.broker.subscribe(channel).await
         {
             self.hub.remove_subscriber(channel, client);
             return Err(e.into());
@@ -329,32 +328,32 @@ impl Node {
     /// Removes a subscriber; the last one here takes the node out of the broker's channel.
     pub(crate) async fn hub_unsubscribe(&self, channel: &str, client: &crate::hub::ClientHandle) {
         if self.hub.remove_subscriber(channel, client)
-            && let Err(e) = self.broker.unsubscribe(channel).await
+            && let Err(e) = self.engine.broker.unsubscribe(channel).await
         {
             tracing::warn!(channel, error = %e, "broker unsubscribe failed");
         }
     }
 
     pub(crate) async fn add_presence(&self, channel: &str, info: &ClientInfo) {
-        if let Err(e) = self.presence.add(channel, info, PRESENCE_TTL).await {
+        if let Err(e) = self.engine.presence.add(channel, info, PRESENCE_TTL).await {
             tracing::warn!(channel, error = %e, "presence add failed");
         }
     }
 
     pub(crate) async fn remove_presence(&self, channel: &str, client: &str) {
-        if let Err(e) = self.presence.remove(channel, client).await {
+        if let Err(e) = self.engine.presence.remove(channel, client).await {
             tracing::warn!(channel, error = %e, "presence remove failed");
         }
     }
 
     pub(crate) async fn publish_join(&self, channel: &str, info: &ClientInfo) {
-        if let Err(e) = self.broker.publish_join(channel, info).await {
+        if let Err(e) = self.engine.broker.publish_join(channel, info).await {
             tracing::warn!(channel, error = %e, "join publish failed");
         }
     }
 
     pub(crate) async fn publish_leave(&self, channel: &str, info: &ClientInfo) {
-        if let Err(e) = self.broker.publish_leave(channel, info).await {
+        if let Err(e) = self.engine.broker.publish_leave(channel, info).await {
             tracing::warn!(channel, error = %e, "leave publish failed");
         }
     }

@@ -318,7 +318,7 @@ impl Server {
             tls,
             grpc,
         } = self;
-        node.spawn_background();
+        node.start();
         // Index 0 is the main listener; the gRPC ports of their own follow, without TLS.
         let mut listeners = vec![(listener, router(node.clone()), tls)];
         for g in grpc {
@@ -440,6 +440,7 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
+        node.close().await;
         tracing::info!("stopped");
     }
 }

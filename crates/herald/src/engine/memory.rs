@@ -10,13 +10,16 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
 
 use super::{
-    Broker, BrokerEventHandler, ClientInfo, EngineError, HistoryFilter, HistoryResult,
+    Broker, BrokerEventHandler, ClientInfo, EngineError, HistoryFilter, HistoryResult, Lifecycle,
     PresenceManager, Publication, PublishOptions, StreamPosition, now_millis,
 };
 
 const SHARDS: usize = 64;
+/// How often expired publications, streams and presence entries are dropped.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a stream's position outlives its last publication when no meta TTL is set.
 const DEFAULT_META_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -24,6 +27,32 @@ fn shard_of(channel: &str) -> usize {
     let mut h = DefaultHasher::new();
     channel.hash(&mut h);
     (h.finish() as usize) % SHARDS
+}
+
+/// A periodic sweep owned by one memory structure: started once, stopped by `close`.
+#[derive(Default)]
+struct Sweeper {
+    stop: CancellationToken,
+}
+
+impl Sweeper {
+    /// Calls `sweep` on `target` every [`SWEEP_INTERVAL`] until stopped or `target` is gone.
+    fn start<T: Send + Sync + 'static>(&self, target: std::sync::Weak<T>, sweep: fn(&T)) {
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => match target.upgrade() {
+                        Some(t) => sweep(&t),
+                        None => return,
+                    },
+                }
+            }
+        });
+    }
 }
 
 fn new_epoch() -> String {
@@ -70,6 +99,7 @@ pub struct MemoryBroker {
     /// Serialises deliveries of channels without history, which have no stream to lock.
     order: Vec<Mutex<()>>,
     handler: OnceLock<Arc<dyn BrokerEventHandler>>,
+    sweeper: Sweeper,
 }
 
 impl Default for MemoryBroker {
@@ -85,6 +115,7 @@ impl MemoryBroker {
             streams: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             order: (0..SHARDS).map(|_| Mutex::new(())).collect(),
             handler: OnceLock::new(),
+            sweeper: Sweeper::default(),
         }
     }
 
@@ -120,6 +151,18 @@ impl MemoryBroker {
     /// Number of streams kept (for metrics and tests).
     pub fn stream_count(&self) -> usize {
         self.streams.iter().map(|s| s.read().len()).sum()
+    }
+}
+
+#[async_trait]
+impl Lifecycle for MemoryBroker {
+    fn start(self: Arc<Self>) {
+        self.sweeper
+            .start(Arc::downgrade(&self), MemoryBroker::sweep);
+    }
+
+    async fn close(&self) {
+        self.sweeper.stop.cancel();
     }
 }
 
@@ -255,6 +298,7 @@ type PresenceMap = HashMap<String, HashMap<String, (ClientInfo, Instant)>>;
 /// The memory presence manager.
 pub struct MemoryPresence {
     shards: Vec<Mutex<PresenceMap>>,
+    sweeper: Sweeper,
 }
 
 impl Default for MemoryPresence {
@@ -268,6 +312,19 @@ impl MemoryPresence {
     pub fn new() -> Self {
         MemoryPresence {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            sweeper: Sweeper::default(),
+        }
+    }
+
+    /// Drops expired entries, and channels left empty (entries of sessions that vanished
+    /// without a remove would otherwise stay until the channel is read).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        for shard in &self.shards {
+            shard.lock().retain(|_, clients| {
+                clients.retain(|_, (_, exp)| *exp > now);
+                !clients.is_empty()
+            });
         }
     }
 
@@ -283,6 +340,18 @@ impl MemoryPresence {
             shard.remove(channel);
         }
         out
+    }
+}
+
+#[async_trait]
+impl Lifecycle for MemoryPresence {
+    fn start(self: Arc<Self>) {
+        self.sweeper
+            .start(Arc::downgrade(&self), MemoryPresence::sweep);
+    }
+
+    async fn close(&self) {
+        self.sweeper.stop.cancel();
     }
 }
 

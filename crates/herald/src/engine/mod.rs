@@ -1,7 +1,8 @@
 //! The engine: the two seams that swap at run time. [`Broker`] moves publications, join and
 //! leave events between nodes and keeps each channel's history stream; [`PresenceManager`]
-//! keeps who is subscribed where. `memory` is the single-process default; a Redis engine
-//! implements the same traits later.
+//! keeps who is subscribed where. [`Engine`] holds the pair with the background work they
+//! own and is built from `engine.type` by [`Engine::build`]; `Node` never names a concrete
+//! engine. `memory` is the single-process default.
 
 pub mod memory;
 
@@ -154,6 +155,79 @@ pub trait PresenceManager: Send + Sync {
     async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, EngineError>;
     /// Number of clients and of distinct users present.
     async fn stats(&self, channel: &str) -> Result<(u32, u32), EngineError>;
+}
+
+/// Background work an engine owns (expiry sweeps, connections, PUB/SUB readers).
+#[async_trait]
+pub trait Lifecycle: Send + Sync {
+    /// Starts the background work; called once, inside a tokio runtime. Tasks should hold
+    /// the part weakly, so that dropping the engine ends them too.
+    fn start(self: Arc<Self>);
+    /// Stops the background work and releases what it holds. Called once, after the
+    /// server drained its clients; the engine is not used afterwards.
+    async fn close(&self);
+}
+
+/// A broker and a presence manager, with the background work behind them.
+#[derive(Clone)]
+pub struct Engine {
+    /// Channel events between nodes and history streams.
+    pub broker: Arc<dyn Broker>,
+    /// Who is in which channel.
+    pub presence: Arc<dyn PresenceManager>,
+    /// Started by [`Engine::start`], stopped by [`Engine::close`].
+    parts: Vec<Arc<dyn Lifecycle>>,
+}
+
+impl Engine {
+    /// The engine `config.type` names (connections are made by [`Engine::start`] or lazily,
+    /// never here, so that building a node needs no runtime).
+    pub fn build(config: &crate::config::EngineConfig) -> Result<Engine, EngineError> {
+        match config.kind {
+            crate::config::EngineType::Memory => Ok(Engine::memory()),
+            crate::config::EngineType::Redis => Err(EngineError::Unavailable(
+                "engine \"redis\" is not available in this version of Herald".into(),
+            )),
+        }
+    }
+
+    /// The single-process engine.
+    pub fn memory() -> Engine {
+        let broker = Arc::new(memory::MemoryBroker::new());
+        let presence = Arc::new(memory::MemoryPresence::new());
+        Engine::new(
+            broker.clone(),
+            presence.clone(),
+            vec![broker as Arc<dyn Lifecycle>, presence],
+        )
+    }
+
+    /// An engine from its parts; `parts` are started and closed with it.
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn PresenceManager>,
+        parts: Vec<Arc<dyn Lifecycle>>,
+    ) -> Engine {
+        Engine {
+            broker,
+            presence,
+            parts,
+        }
+    }
+
+    /// Starts the background work of every part.
+    pub fn start(&self) {
+        for p in &self.parts {
+            p.clone().start();
+        }
+    }
+
+    /// Stops the background work of every part.
+    pub async fn close(&self) {
+        for p in &self.parts {
+            p.close().await;
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch.
