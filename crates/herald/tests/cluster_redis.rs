@@ -265,3 +265,53 @@ fn centrifuge_js_sdk_across_two_nodes() {
     let out = common::run_with_timeout(cmd, Duration::from_secs(90));
     out.assert_all_checks_passed("node tests/js/sdk_cluster.cjs");
 }
+
+/// Two independent Redis instances in `engine.redis.address`: channels are spread over
+/// both, and each channel still works across nodes (delivery, history) because every node
+/// picks the same instance for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_are_sharded_over_several_redis_instances() {
+    let (r1, r2) = (RedisServer::start(), RedisServer::start());
+    let sharded = json!({"engine": {"redis": {"address": [r1.url(), r2.url()]}}});
+    let a = node_with(&r1, sharded.clone());
+    let b = node_with(&r1, sharded);
+    let channels: Vec<String> = (0..24).map(|i| format!("chat:shard-{i}")).collect();
+    let mut alice = connected(&a, "alice").await;
+    for c in &channels {
+        alice.subscribe(c).await;
+    }
+    let api_b = api(&b);
+    for (i, c) in channels.iter().enumerate() {
+        let r = api_b.publish(c, json!({"n": i})).await;
+        assert_eq!(r["offset"], json!(1), "{c}: {r}");
+    }
+    let mut got = Vec::new();
+    for _ in &channels {
+        let p = alice
+            .push_where("a publication", |p| p.r#pub.is_some())
+            .await;
+        got.push(p.channel);
+    }
+    got.sort();
+    let mut want = channels.clone();
+    want.sort();
+    assert_eq!(got, want, "every channel delivered across nodes once");
+
+    let keys = |r: &RedisServer| -> u64 {
+        r.cmd(&["DBSIZE"])
+            .trim_start_matches(':')
+            .parse()
+            .expect("DBSIZE")
+    };
+    let (k1, k2) = (keys(&r1), keys(&r2));
+    assert!(
+        k1 > 0 && k2 > 0 && k1 + k2 >= 2 * channels.len() as u64,
+        "streams spread over both instances: {k1} and {k2} keys"
+    );
+    for (i, c) in channels.iter().enumerate() {
+        let h = api(&a)
+            .ok("history", json!({"channel": c, "limit": 10}))
+            .await;
+        assert_eq!(h["publications"][0]["data"]["n"], json!(i), "{c}: {h}");
+    }
+}

@@ -8,16 +8,19 @@
 //! sent them. Delivery between nodes is at most once (a PUB/SUB message sent while a
 //! node's connection is down is lost); the offsets let clients see the gap and recover.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
 use prost::Message;
 use redis::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::Shards;
-use super::shard::{OnMessage, OnResubscribe, PubSub};
+use super::shard::{PubSub, PubSubHandler};
 use crate::engine::{
     Broker, BrokerEventHandler, ClientInfo, EngineError, HistoryFilter, HistoryResult, Lifecycle,
     Publication, PublishOptions, StreamPosition, now_millis,
@@ -27,6 +30,9 @@ use crate::protocol::proto;
 /// How long a position created by a history read (of a channel never published to)
 /// lives: as the memory engine's default.
 const DEFAULT_META_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// History reads in flight at once while catching up after a PUB/SUB reconnect.
+const CATCH_UP_CONCURRENCY: usize = 16;
 
 static PUBLISH: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("lua/publish.lua")));
@@ -38,10 +44,21 @@ pub struct RedisBroker {
     shards: Arc<Shards>,
     /// One PUB/SUB side per shard, in shard order.
     pubsub: Vec<Arc<PubSub>>,
-    /// The node's handler, shared with the reader tasks.
-    handler: Arc<OnceLock<Arc<dyn BrokerEventHandler>>>,
+    /// Hands PUB/SUB messages to the node; shared with the reader tasks.
+    delivery: Arc<Delivery>,
     /// Stops the reader tasks (on close, or when the broker is dropped).
     stop: CancellationToken,
+}
+
+/// What the reader tasks deliver through: the node's handler, and the last position
+/// delivered in each channel with history. The positions let a reader skip a publication
+/// it already delivered and, after its connection was lost, deliver from the stream what
+/// was published meanwhile, so that a PUB/SUB outage costs subscribers of channels with
+/// history nothing but delay.
+struct Delivery {
+    shards: Arc<Shards>,
+    handler: OnceLock<Arc<dyn BrokerEventHandler>>,
+    delivered: Mutex<HashMap<String, StreamPosition>>,
 }
 
 impl RedisBroker {
@@ -52,9 +69,13 @@ impl RedisBroker {
             .map(|s| Arc::new(PubSub::new(s)))
             .collect();
         RedisBroker {
+            delivery: Arc::new(Delivery {
+                shards: shards.clone(),
+                handler: OnceLock::new(),
+                delivered: Mutex::new(HashMap::new()),
+            }),
             shards,
             pubsub,
-            handler: Arc::new(OnceLock::new()),
             stop: CancellationToken::new(),
         }
     }
@@ -92,15 +113,123 @@ impl Drop for RedisBroker {
     }
 }
 
-/// Decodes one PUB/SUB message and hands it to the node.
-fn dispatch(handler: &dyn BrokerEventHandler, channel: &str, payload: &[u8]) {
+impl Delivery {
+    /// Whether `position` in `channel` comes after what was delivered (and records it).
+    fn advance(&self, channel: &str, position: &StreamPosition) -> bool {
+        if position.offset == 0 {
+            return true;
+        }
+        let mut delivered = self.delivered.lock();
+        match delivered.get_mut(channel) {
+            Some(last) if last.epoch == position.epoch && position.offset <= last.offset => false,
+            Some(last) => {
+                last.clone_from(position);
+                true
+            }
+            None => {
+                delivered.insert(channel.to_owned(), position.clone());
+                true
+            }
+        }
+    }
+
+    /// Forgets `channel`'s position: the node is (re)subscribing from scratch.
+    fn forget(&self, channel: &str) {
+        self.delivered.lock().remove(channel);
+    }
+
+    /// Delivers what `channel` got since `last` from its stream: the publications after
+    /// `last` in the same epoch, or the whole stream of a new epoch (the stream was lost:
+    /// everything in it came after).
+    async fn catch_up(
+        &self,
+        handler: &dyn BrokerEventHandler,
+        channel: &str,
+        last: StreamPosition,
+    ) {
+        let mut filter = HistoryFilter {
+            since: Some(last.clone()),
+            ..Default::default()
+        };
+        let mut result = read_history(&self.shards, channel, &filter).await;
+        if let Ok(r) = &result
+            && r.position.epoch != last.epoch
+        {
+            filter.since = None;
+            result = read_history(&self.shards, channel, &filter).await;
+        }
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(channel, error = %e, "catching up after a PUB/SUB reconnect failed");
+                return;
+            }
+        };
+        let epoch = result.position.epoch;
+        let n = result.publications.len();
+        for publication in result.publications {
+            let position = StreamPosition {
+                offset: publication.offset,
+                epoch: epoch.clone(),
+            };
+            if self.advance(channel, &position) {
+                handler.handle_publication(channel, publication, &position);
+            }
+        }
+        if n > 0 {
+            tracing::info!(
+                channel,
+                publications = n,
+                "delivered from the stream what a PUB/SUB outage missed"
+            );
+        }
+    }
+}
+
+#[async_trait]
+impl PubSubHandler for Delivery {
+    fn message(&self, name: &[u8], payload: &[u8]) {
+        let (Some(handler), Some(channel)) =
+            (self.handler.get(), self.shards.keys.channel_of(name))
+        else {
+            return;
+        };
+        dispatch(self, handler.as_ref(), channel, payload);
+    }
+
+    async fn resubscribed(&self, channels: &[Vec<u8>]) {
+        let Some(handler) = self.handler.get() else {
+            return;
+        };
+        let behind: Vec<(String, StreamPosition)> = {
+            let delivered = self.delivered.lock();
+            channels
+                .iter()
+                .filter_map(|name| self.shards.keys.channel_of(name))
+                .filter_map(|c| delivered.get(c).map(|p| (c.to_owned(), p.clone())))
+                .collect()
+        };
+        // A few reads at a time: each channel's publications stay in order.
+        futures_util::stream::iter(behind)
+            .for_each_concurrent(CATCH_UP_CONCURRENCY, |(channel, last)| async move {
+                self.catch_up(handler.as_ref(), &channel, last).await
+            })
+            .await;
+    }
+}
+
+/// Decodes one PUB/SUB message and hands it to the node, skipping a publication already
+/// delivered (by a catch-up).
+fn dispatch(delivery: &Delivery, handler: &dyn BrokerEventHandler, channel: &str, payload: &[u8]) {
     let Some((&kind, rest)) = payload.split_first() else {
         return;
     };
     match kind {
         b'p' => match decode_publication_message(rest) {
             Some((publication, position)) => {
-                handler.handle_publication(channel, Arc::new(publication), &position)
+                if delivery.advance(channel, &position) {
+                    handler.handle_publication(channel, Arc::new(publication), &position)
+                }
             }
             None => tracing::warn!(channel, "undecodable publication from Redis"),
         },
@@ -223,24 +352,61 @@ fn decode_entries(entries: &Value) -> Result<Vec<Arc<Publication>>, EngineError>
     Ok(out)
 }
 
+/// One history read: the position and the publications `filter` selects.
+async fn read_history(
+    shards: &Shards,
+    channel: &str,
+    filter: &HistoryFilter,
+) -> Result<HistoryResult, EngineError> {
+    let after = filter.since.as_ref().map(|p| p.offset);
+    // Reading newest first from "before offset 0" reads nothing.
+    let read = filter.limit != Some(0) && !(filter.reverse && after == Some(0));
+    let (first, last) = match (filter.reverse, after) {
+        (false, None) => ("-".to_owned(), "+".to_owned()),
+        (false, Some(a)) => (format!("{}-0", a + 1), "+".to_owned()),
+        (true, None) => ("+".to_owned(), "-".to_owned()),
+        (true, Some(a)) => (format!("{}-0", a.saturating_sub(1)), "-".to_owned()),
+    };
+    let keys = &shards.keys;
+    let mut invocation = HISTORY.prepare_invoke();
+    invocation
+        .key(keys.stream(channel))
+        .key(keys.meta(channel))
+        .arg(new_epoch())
+        .arg(millis(DEFAULT_META_TTL))
+        .arg(if read { "1" } else { "0" })
+        .arg(if filter.reverse { "1" } else { "0" })
+        .arg(first)
+        .arg(last)
+        .arg(filter.limit.unwrap_or(0))
+        .arg(if filter.since.is_some() { "1" } else { "0" })
+        .arg(filter.since.as_ref().map_or("", |p| p.epoch.as_str()));
+    let shard = shards.of(channel);
+    let invocation = &invocation;
+    let reply: Value = shard
+        .run_idempotent(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+        .await?;
+    let Value::Array(parts) = &reply else {
+        return Err(corrupt("history"));
+    };
+    let [top, epoch, entries] = parts.as_slice() else {
+        return Err(corrupt("history"));
+    };
+    Ok(HistoryResult {
+        publications: decode_entries(entries)?,
+        position: StreamPosition {
+            offset: as_u64(top).ok_or_else(|| corrupt("history offset"))?,
+            epoch: as_string(epoch).ok_or_else(|| corrupt("history epoch"))?,
+        },
+    })
+}
+
 #[async_trait]
 impl Lifecycle for RedisBroker {
     fn start(self: Arc<Self>) {
         for pubsub in &self.pubsub {
-            let handler = self.handler.clone();
-            let shards = self.shards.clone();
-            let on_message: OnMessage = Arc::new(move |name: &[u8], payload: &[u8]| {
-                let (Some(h), Some(channel)) = (handler.get(), shards.keys.channel_of(name)) else {
-                    return;
-                };
-                dispatch(h.as_ref(), channel, payload);
-            });
-            let on_resubscribe: OnResubscribe = Arc::new(|_channels| {});
-            tokio::spawn(
-                pubsub
-                    .clone()
-                    .run(on_message, on_resubscribe, self.stop.clone()),
-            );
+            let delivery = self.delivery.clone() as Arc<dyn PubSubHandler>;
+            tokio::spawn(pubsub.clone().run(delivery, self.stop.clone()));
         }
     }
 
@@ -252,19 +418,23 @@ impl Lifecycle for RedisBroker {
 #[async_trait]
 impl Broker for RedisBroker {
     fn register_handler(&self, handler: Arc<dyn BrokerEventHandler>) {
-        let _ = self.handler.set(handler);
+        let _ = self.delivery.handler.set(handler);
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
+        self.delivery.forget(channel);
         self.pubsub_of(channel)
             .subscribe(self.shards.keys.pubsub(channel))
             .await
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
-        self.pubsub_of(channel)
+        let result = self
+            .pubsub_of(channel)
             .unsubscribe(&self.shards.keys.pubsub(channel))
-            .await
+            .await;
+        self.delivery.forget(channel);
+        result
     }
 
     async fn publish(
@@ -333,62 +503,19 @@ impl Broker for RedisBroker {
         channel: &str,
         filter: &HistoryFilter,
     ) -> Result<HistoryResult, EngineError> {
-        let after = filter.since.as_ref().map(|p| p.offset);
-        // Reading newest first from "before offset 0" reads nothing.
-        let read = filter.limit != Some(0) && !(filter.reverse && after == Some(0));
-        let (first, last) = match (filter.reverse, after) {
-            (false, None) => ("-".to_owned(), "+".to_owned()),
-            (false, Some(a)) => (format!("{}-0", a + 1), "+".to_owned()),
-            (true, None) => ("+".to_owned(), "-".to_owned()),
-            (true, Some(a)) => (format!("{}-0", a.saturating_sub(1)), "-".to_owned()),
-        };
-        let keys = &self.shards.keys;
-        let mut invocation = HISTORY.prepare_invoke();
-        invocation
-            .key(keys.stream(channel))
-            .key(keys.meta(channel))
-            .arg(new_epoch())
-            .arg(millis(DEFAULT_META_TTL))
-            .arg(if read { "1" } else { "0" })
-            .arg(if filter.reverse { "1" } else { "0" })
-            .arg(first)
-            .arg(last)
-            .arg(filter.limit.unwrap_or(0))
-            .arg(if filter.since.is_some() { "1" } else { "0" })
-            .arg(filter.since.as_ref().map_or("", |p| p.epoch.as_str()));
-        let shard = self.shards.of(channel);
-        let mut conn = shard.conn()?;
-        let reply: Value = shard
-            .run(async move { invocation.invoke_async(&mut conn).await })
-            .await?;
-        let Value::Array(parts) = &reply else {
-            return Err(corrupt("history"));
-        };
-        let [top, epoch, entries] = parts.as_slice() else {
-            return Err(corrupt("history"));
-        };
-        Ok(HistoryResult {
-            publications: decode_entries(entries)?,
-            position: StreamPosition {
-                offset: as_u64(top).ok_or_else(|| corrupt("history offset"))?,
-                epoch: as_string(epoch).ok_or_else(|| corrupt("history epoch"))?,
-            },
-        })
+        read_history(&self.shards, channel, filter).await
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
         let keys = &self.shards.keys;
         let shard = self.shards.of(channel);
-        let mut conn = shard.conn()?;
-        let (stream, meta) = (keys.stream(channel), keys.meta(channel));
+        let del = redis::cmd("DEL")
+            .arg(keys.stream(channel))
+            .arg(keys.meta(channel))
+            .clone();
+        let del = &del;
         shard
-            .run(async move {
-                redis::cmd("DEL")
-                    .arg(stream)
-                    .arg(meta)
-                    .query_async::<i64>(&mut conn)
-                    .await
-            })
+            .run_idempotent(|mut conn| async move { del.query_async::<i64>(&mut conn).await })
             .await
             .map(|_| ())
     }

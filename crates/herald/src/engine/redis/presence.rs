@@ -48,10 +48,11 @@ impl RedisPresence {
         for a in args {
             invocation.arg(a);
         }
+        // Every presence script may run twice: adds and removes are idempotent.
         let shard = self.shards.of(channel);
-        let mut conn = shard.conn()?;
+        let invocation = &invocation;
         shard
-            .run(async move { invocation.invoke_async(&mut conn).await })
+            .run_idempotent(|mut conn| async move { invocation.invoke_async(&mut conn).await })
             .await
     }
 

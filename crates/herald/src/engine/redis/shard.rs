@@ -103,18 +103,56 @@ impl Shard {
         }
     }
 
+    /// Runs a request that may safely run twice (a read, an idempotent write), retrying
+    /// it after a dropped or refused connection until `io_timeout` is spent: the first
+    /// request after Redis came back often meets the connection that died, and is what
+    /// makes the connection manager reconnect.
+    pub(super) async fn run_idempotent<T, F, Fut>(&self, mut request: F) -> Result<T, EngineError>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.io_timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let attempt = tokio::time::timeout_at(deadline, request(self.conn()?)).await;
+            match attempt {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e))
+                    if (e.is_io_error()
+                        || e.is_connection_dropped()
+                        || e.is_connection_refusal())
+                        && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Ok(Err(e)) => return Err(self.error(e)),
+                Err(_) => {
+                    return Err(EngineError::Unavailable(format!(
+                        "redis {}: no answer within {:?}",
+                        self.address, self.io_timeout
+                    )));
+                }
+            }
+        }
+    }
+
     fn error(&self, e: redis::RedisError) -> EngineError {
         EngineError::Unavailable(format!("redis {}: {e}", self.address))
     }
 }
 
-/// What the PUB/SUB reader hands to its owner: one message (channel, payload) at a time,
-/// in the order Redis sent them.
-pub(super) type OnMessage = Arc<dyn Fn(&[u8], &[u8]) + Send + Sync>;
-
-/// Called with the number of channels subscribed again after a reconnect: messages sent
-/// while the connection was down are lost.
-pub(super) type OnResubscribe = Arc<dyn Fn(usize) + Send + Sync>;
+/// What the PUB/SUB reader hands to its owner. Both are called from the reader task, one
+/// call at a time, so a channel's messages reach `message` in the order Redis sent them.
+#[async_trait::async_trait]
+pub(super) trait PubSubHandler: Send + Sync {
+    /// One message of a subscribed channel. Must not block.
+    fn message(&self, channel: &[u8], payload: &[u8]);
+    /// The connection was lost and a new one subscribed `channels` again; messages sent
+    /// meanwhile are lost. Called before any message of the new connection.
+    async fn resubscribed(&self, channels: &[Vec<u8>]);
+}
 
 /// The PUB/SUB side of one shard: the channels the node wants and the live connection.
 pub(super) struct PubSub {
@@ -225,14 +263,13 @@ impl PubSub {
     /// delivers messages, reconnects with backoff after a loss.
     pub(super) async fn run(
         self: Arc<Self>,
-        on_message: OnMessage,
-        on_resubscribe: OnResubscribe,
+        handler: Arc<dyn PubSubHandler>,
         stop: CancellationToken,
     ) {
         let mut backoff = BACKOFF_MIN;
         let mut was_connected = false;
         loop {
-            let session = self.session(&on_message, &on_resubscribe, was_connected, &stop);
+            let session = self.session(handler.as_ref(), was_connected, &stop);
             match session.await {
                 Session::Stopped => break,
                 Session::Lost(why) => {
@@ -257,8 +294,7 @@ impl PubSub {
 
     async fn session(
         &self,
-        on_message: &OnMessage,
-        on_resubscribe: &OnResubscribe,
+        handler: &dyn PubSubHandler,
         was_connected: bool,
         stop: &CancellationToken,
     ) -> Session {
@@ -299,7 +335,11 @@ impl PubSub {
         }
         if was_connected {
             tracing::info!(redis = %self.address, channels = snapshot.len(), "redis PUB/SUB reconnected; channels subscribed again");
-            on_resubscribe(snapshot.len());
+            // Messages of the new connection wait in its buffer meanwhile.
+            tokio::select! {
+                _ = stop.cancelled() => return Session::Stopped,
+                _ = handler.resubscribed(&snapshot) => {}
+            }
         } else {
             tracing::info!(redis = %self.address, "redis PUB/SUB connected");
         }
@@ -311,7 +351,7 @@ impl PubSub {
             tokio::select! {
                 _ = stop.cancelled() => break Session::Stopped,
                 msg = stream.next() => match msg {
-                    Some(msg) => on_message(msg.get_channel_name().as_bytes(), msg.get_payload_bytes()),
+                    Some(msg) => handler.message(msg.get_channel_name().as_bytes(), msg.get_payload_bytes()),
                     None => break Session::Lost("connection closed".to_owned()),
                 },
                 _ = ping.tick() => {

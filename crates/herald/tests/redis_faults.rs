@@ -1,0 +1,228 @@
+//! What subscribers see when Redis fails under a running cluster, counting every
+//! publication the server API acknowledged: the PUB/SUB connections dropped, Redis killed
+//! and restarted empty, Redis flushed. Every subscriber receives every acknowledged
+//! publication exactly once and in order (a node that lost its PUB/SUB connection
+//! delivers from the stream what it missed), and a client holding a position of a lost
+//! stream is told it cannot recover.
+//!
+//! Each test starts its own redis-server (no persistence) and two Herald processes.
+
+mod common;
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Herald;
+use common::redis_server::RedisServer;
+use herald::protocol::Encoding;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use support::{Api, Client, cmd, payload_json};
+use tokio_util::sync::CancellationToken;
+
+fn node(redis: &RedisServer) -> Herald {
+    let mut config = common::default_config();
+    support::merge(
+        &mut config,
+        json!({"engine": {"type": "redis", "redis": {"address": redis.url(), "io_timeout": "1s", "connect_timeout": "500ms"}}}),
+    );
+    // Long histories: the whole run stays recoverable.
+    support::merge(
+        &mut config,
+        json!({"channel": {"namespaces": [{"name": "chat", "history_size": 10000, "history_ttl": "300s",
+            "force_recovery": true, "allow_subscribe_for_client": true}]}}),
+    );
+    Herald::start(config)
+}
+
+fn api(h: &Herald) -> Api {
+    Api::new(h.base_url(), h.api_key.clone())
+}
+
+/// A subscriber whose publications (the `n` of each) are collected by a task.
+struct Collector {
+    got: Arc<Mutex<Vec<i64>>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Client>,
+}
+
+impl Collector {
+    async fn start(h: &Herald, user: &str, channel: &str) -> (Collector, String) {
+        let mut c = Client::open_at(h.addr(), Encoding::Json, None).await;
+        c.connect(&support::sign(&h.secret, &json!({"sub": user})))
+            .await;
+        let sub = c.subscribe_cmd(cmd::recover(channel, 0, "")).await;
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (g, s, ch) = (got.clone(), stop.clone(), channel.to_string());
+        let task = tokio::spawn(async move {
+            while !s.is_cancelled() {
+                if let Some(p) = c.next_push(Duration::from_millis(50)).await {
+                    assert_eq!(p.channel, ch);
+                    assert!(p.unsubscribe.is_none(), "unsubscribed by the server: {p:?}");
+                    if let Some(publication) = p.r#pub {
+                        let n = payload_json(&publication.data)["n"].as_i64().unwrap();
+                        g.lock().push(n);
+                    }
+                }
+            }
+            c
+        });
+        (Collector { got, stop, task }, sub.epoch)
+    }
+
+    /// Waits until the acknowledged publications arrived (or a bound passed), stops the
+    /// task, and asserts they arrived exactly once and in order.
+    async fn assert_got(self, who: &str, acked: &[i64]) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let got = self.got.lock().clone();
+            if acked.iter().all(|n| got.contains(n)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.stop.cancel();
+        self.task.await.expect("collector task");
+        let got = self.got.lock().clone();
+        let of_acked: Vec<i64> = got.iter().copied().filter(|n| acked.contains(n)).collect();
+        let missing: Vec<i64> = acked.iter().copied().filter(|n| !got.contains(n)).collect();
+        assert!(
+            missing.is_empty(),
+            "{who}: acknowledged publications never delivered: {missing:?}"
+        );
+        assert_eq!(
+            of_acked, acked,
+            "{who}: acknowledged publications must arrive exactly once, in order"
+        );
+    }
+}
+
+/// Publishes `n` = 1..=count through `api`, `pause` apart, calling `fault(n)` before
+/// each; returns the acknowledged `n` and the results.
+async fn publish_through(
+    api: &Api,
+    channel: &str,
+    count: i64,
+    pause: Duration,
+    mut fault: impl FnMut(i64),
+) -> (Vec<i64>, Vec<Value>) {
+    let (mut acked, mut results) = (Vec::new(), Vec::new());
+    for n in 1..=count {
+        fault(n);
+        let r = api
+            .call("publish", json!({"channel": channel, "data": {"n": n}}))
+            .await;
+        if let Some(result) = r.get("result") {
+            acked.push(n);
+            results.push(result.clone());
+        } else {
+            assert_eq!(
+                r["error"]["code"],
+                json!(100),
+                "a failed publish is an internal error: {r}"
+            );
+        }
+        tokio::time::sleep(pause).await;
+    }
+    (acked, results)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_pubsub_connections_lose_no_acknowledged_publication() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let channel = "chat:pubsub-drop";
+    let (on_a, _) = Collector::start(&a, "alice", channel).await;
+    let (on_b, _) = Collector::start(&b, "bob", channel).await;
+    let (acked, results) = publish_through(&api(&b), channel, 300, Duration::from_millis(3), |n| {
+        if n == 60 || n == 180 {
+            // Every node's PUB/SUB connection drops; publishing goes on meanwhile.
+            let killed = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+            assert!(killed.starts_with(':'), "CLIENT KILL: {killed}");
+        }
+    })
+    .await;
+    assert_eq!(acked.len(), 300, "publishing does not depend on PUB/SUB");
+    let offsets: Vec<u64> = results
+        .iter()
+        .map(|r| r["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, (1..=300).collect::<Vec<u64>>());
+    on_a.assert_got("subscriber on node A", &acked).await;
+    on_b.assert_got("subscriber on node B", &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_loses_no_acknowledged_publication() {
+    let mut redis = RedisServer::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let channel = "chat:restart";
+    let (on_a, _) = Collector::start(&a, "alice", channel).await;
+    let (on_b, _) = Collector::start(&b, "bob", channel).await;
+    let api_a = api(&a);
+    let (acked, results) = {
+        let redis = &mut redis;
+        publish_through(&api_a, channel, 200, Duration::from_millis(5), move |n| {
+            if n == 60 {
+                redis.kill();
+            }
+            if n == 80 {
+                redis.restart();
+            }
+        })
+        .await
+    };
+    let epochs: std::collections::BTreeSet<&str> = results
+        .iter()
+        .map(|r| r["epoch"].as_str().unwrap())
+        .collect();
+    assert_eq!(epochs.len(), 2, "a new epoch after Redis came back empty");
+    assert!(
+        acked.contains(&59) && !acked.contains(&61),
+        "down from 60: {acked:?}"
+    );
+    assert!(
+        acked.len() >= 150,
+        "publishing resumed after the restart: {acked:?}"
+    );
+    on_a.assert_got("subscriber on node A", &acked).await;
+    on_b.assert_got("subscriber on node B", &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushed_redis_starts_a_new_epoch_and_old_positions_do_not_recover() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let channel = "chat:flush";
+    let (on_a, epoch) = Collector::start(&a, "alice", channel).await;
+    let (acked, results) = publish_through(&api(&b), channel, 100, Duration::from_millis(3), |n| {
+        if n == 50 {
+            redis.flushall();
+        }
+    })
+    .await;
+    assert_eq!(acked.len(), 100);
+    assert_eq!(results[48]["epoch"], json!(epoch));
+    assert_eq!(
+        results[49]["offset"],
+        json!(1),
+        "offsets start over: {}",
+        results[49]
+    );
+    assert_ne!(results[49]["epoch"], json!(epoch));
+    on_a.assert_got("subscriber on node A", &acked).await;
+
+    // A client that was away since offset 40 of the lost stream, on either node, is told
+    // it cannot recover.
+    for h in [&a, &b] {
+        let mut c = Client::open_at(h.addr(), Encoding::Json, None).await;
+        c.connect(&support::sign(&h.secret, &json!({"sub": "carol"})))
+            .await;
+        let sub = c.subscribe_cmd(cmd::recover(channel, 40, &epoch)).await;
+        assert!(!sub.recovered, "recovered from a lost stream: {sub:?}");
+        assert_eq!(sub.epoch, results[99]["epoch"].as_str().unwrap());
+        assert_eq!(sub.offset, 51);
+    }
+}
