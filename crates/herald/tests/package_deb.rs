@@ -83,7 +83,8 @@ fn build_deb(dir: &Path) -> PathBuf {
                 "-p",
                 "herald",
                 "--no-build",
-                "--no-strip",
+                "--strip",
+                "--fast",
                 "--profile",
             ])
             .arg(profile)
