@@ -188,6 +188,8 @@ pub struct Config {
     pub demo: EnabledFlag,
     /// The web console at `/console`, as Centrifugo's admin web interface.
     pub admin: AdminConfig,
+    /// What SIGTERM does: the drain of a node (rolling restarts).
+    pub shutdown: ShutdownConfig,
 }
 
 impl Default for Config {
@@ -213,6 +215,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             demo: EnabledFlag::default(),
             admin: AdminConfig::default(),
+            shutdown: ShutdownConfig::default(),
         }
     }
 }
@@ -940,6 +943,34 @@ pub struct EnabledFlag {
     pub enabled: bool,
 }
 
+/// `shutdown.*`: the drain on SIGTERM or SIGINT. The listeners close at once (a proxy's
+/// health check then sends new clients to the other nodes); connected clients are told to
+/// reconnect (disconnect 3001, reconnect allowed) spread over `reconnect_spread`, so that
+/// they arrive at the other nodes over that window rather than all at once, and are served
+/// until then; the process exits once they are gone or `timeout` passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShutdownConfig {
+    /// The longest drain, from the signal to the exit; clients still connected then are
+    /// dropped. As Centrifugo's `shutdown.timeout`. Default `30s`.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// The window over which connected clients are told to reconnect, evenly; `0` tells
+    /// them all at once (a single node restarting in place). Herald only (Centrifugo tells
+    /// them all at once). Must be less than `timeout`. Default `5s`.
+    #[serde(with = "duration")]
+    pub reconnect_spread: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            timeout: Duration::from_secs(30),
+            reconnect_spread: Duration::from_secs(5),
+        }
+    }
+}
+
 /// `node.*`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -1296,6 +1327,21 @@ impl Config {
             return Err(ConfigError::invalid(
                 "http_server.write_timeout",
                 "must be greater than 0",
+            ));
+        }
+        if self.shutdown.timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "shutdown.timeout",
+                "must be greater than 0",
+            ));
+        }
+        if self.shutdown.reconnect_spread >= self.shutdown.timeout {
+            return Err(ConfigError::invalid(
+                "shutdown.reconnect_spread",
+                format!(
+                    "must be less than shutdown.timeout ({})",
+                    duration::format(self.shutdown.timeout)
+                ),
             ));
         }
         for (key, value) in [
