@@ -22,6 +22,11 @@ use crate::metrics::Metrics;
 /// How long a presence entry lives without being refreshed by its session.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(60);
 
+/// Shards of the per-channel subscribe lock. Channels that share a shard wait for each
+/// other's broker subscribe or unsubscribe (one round trip to a remote broker); 1024 keeps
+/// that rare while the locks take about 40 KiB.
+const SUB_LOCK_SHARDS: usize = 1024;
+
 /// Failure of a server-side operation, mapped to a client error code at the edges.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -103,6 +108,10 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     /// Broker and presence; started by [`Node::start`], closed by [`Node::close`].
     engine: Engine,
+    /// Per-channel (sharded) lock held across a hub change and the broker call it implies,
+    /// so that the node's broker subscription is live whenever the hub has a subscriber
+    /// (see [`Node::hub_subscribe`]). A tokio mutex: the broker call is awaited under it.
+    sub_locks: Box<[tokio::sync::Mutex<()>]>,
     uid: String,
     started: Instant,
     shutdown: CancellationToken,
@@ -166,6 +175,9 @@ impl Node {
             sub_verifier,
             metrics,
             engine,
+            sub_locks: (0..SUB_LOCK_SHARDS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             uid: uuid::Uuid::new_v4().to_string(),
             started: Instant::now(),
             shutdown: CancellationToken::new(),
@@ -309,13 +321,27 @@ impl Node {
         Ok(self.engine.presence.stats(channel).await?)
     }
 
+    fn sub_lock(&self, channel: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        channel.hash(&mut h);
+        &self.sub_locks[(h.finish() as usize) % self.sub_locks.len()]
+    }
+
     /// Adds a subscriber to the hub and, when it is the first here, the node to the broker.
+    ///
+    /// Both happen under the channel's subscribe lock, so a second subscriber cannot
+    /// become active (read its position, get its reply) before the node's broker
+    /// subscription is live, which would lose the publications in between; and a last
+    /// subscriber leaving ([`Node::hub_unsubscribe`]) cannot unsubscribe the node after a
+    /// new first subscriber subscribed it.
     pub(crate) async fn hub_subscribe(
         &self,
         channel: &str,
         client: &Arc<crate::hub::ClientHandle>,
         join_leave: bool,
     ) -> Result<(), NodeError> {
+        let _guard = self.sub_lock(channel).lock().await;
         if self.hub.add_subscriber(channel, client, join_leave)
             && let Err(e) = self.engine.broker.subscribe(channel).await
         {
@@ -326,10 +352,15 @@ impl Node {
     }
 
     /// Removes a subscriber; the last one here takes the node out of the broker's channel.
+    /// Under the channel's subscribe lock: the hub's emptiness, checked by the removal,
+    /// holds until the broker unsubscribe is done (see [`Node::hub_subscribe`]).
     pub(crate) async fn hub_unsubscribe(&self, channel: &str, client: &crate::hub::ClientHandle) {
+        let _guard = self.sub_lock(channel).lock().await;
         if self.hub.remove_subscriber(channel, client)
             && let Err(e) = self.engine.broker.unsubscribe(channel).await
         {
+            // The node stays subscribed with nobody to deliver to: harmless, and the next
+            // first subscriber subscribes again (subscribe is idempotent).
             tracing::warn!(channel, error = %e, "broker unsubscribe failed");
         }
     }
