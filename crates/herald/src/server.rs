@@ -459,7 +459,9 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(http.handshake_timeout);
     let mut h2 = builder.http2();
     h2.timer(TokioTimer::new())
-        .max_concurrent_streams(http.http2_max_concurrent_streams);
+        .max_concurrent_streams(http.http2_max_concurrent_streams)
+        // WebSocket over HTTP/2 (RFC 8441): the extended CONNECT that opens it.
+        .enable_connect_protocol();
     if !http.http2_keepalive_interval.is_zero() {
         h2.keep_alive_interval(http.http2_keepalive_interval)
             .keep_alive_timeout(http.http2_keepalive_interval);
