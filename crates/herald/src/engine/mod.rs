@@ -2,9 +2,11 @@
 //! leave events between nodes and keeps each channel's history stream; [`PresenceManager`]
 //! keeps who is subscribed where. [`Engine`] holds the pair with the background work they
 //! own and is built from `engine.type` by [`Engine::build`]; `Node` never names a concrete
-//! engine. `memory` is the single-process default.
+//! engine. `memory` is the single-process default; `redis` shares channels, history and
+//! presence between nodes.
 
 pub mod memory;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -185,9 +187,7 @@ impl Engine {
     pub fn build(config: &crate::config::EngineConfig) -> Result<Engine, EngineError> {
         match config.kind {
             crate::config::EngineType::Memory => Ok(Engine::memory()),
-            crate::config::EngineType::Redis => Err(EngineError::Unavailable(
-                "engine \"redis\" is not available in this version of Herald".into(),
-            )),
+            crate::config::EngineType::Redis => redis::build(&config.redis),
         }
     }
 

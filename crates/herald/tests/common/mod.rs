@@ -18,6 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+pub mod redis_server;
+
 /// HMAC secret written into configs that do not set `client.token.hmac_secret_key`.
 pub const DEFAULT_SECRET: &str = "herald-test-secret-0123456789abcdef0123456789";
 /// API key written into configs that do not set `http_api.key`.
