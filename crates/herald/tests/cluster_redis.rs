@@ -235,3 +235,33 @@ async fn publish_answers_an_error_while_redis_is_down() {
         );
     }
 }
+
+/// The real centrifuge JS SDK across two nodes: `tests/js/sdk_cluster.cjs` (cross-node
+/// delivery in order with offsets, client publications, join/leave, presence, recovery on
+/// the other node, shared history). Needs Node 20+ and `npm ci --prefix tests/js`.
+#[test]
+fn centrifuge_js_sdk_across_two_nodes() {
+    let script = common::repo_root().join("tests/js/sdk_cluster.cjs");
+    assert!(
+        common::repo_root()
+            .join("tests/js/node_modules/centrifuge")
+            .is_dir(),
+        "run `npm ci --prefix tests/js` first"
+    );
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let token = |user: &str| support::sign(&a.secret, &json!({"sub": user}));
+    let mut cmd = std::process::Command::new("node");
+    cmd.current_dir(common::repo_root())
+        .arg(&script)
+        .args(["--a", &a.base_url(), "--b", &b.base_url()])
+        .args(["--api-key", &a.api_key])
+        .args([
+            "--token-alice",
+            &token("alice"),
+            "--token-bob",
+            &token("bob"),
+        ]);
+    let out = common::run_with_timeout(cmd, Duration::from_secs(90));
+    out.assert_all_checks_passed("node tests/js/sdk_cluster.cjs");
+}
