@@ -870,6 +870,13 @@ pub struct ClientConfig {
     /// command before it is closed with 3502 (stale). Default 10s.
     #[serde(with = "duration")]
     pub stale_close_delay: Duration,
+    /// How often a positioned subscription that received nothing meanwhile is compared
+    /// with its stream's top, to find a publication the broker lost on its way to this
+    /// node that no later publication revealed; one found behind is made to recover.
+    /// `0` turns the checks off. Not done with the memory engine, which loses nothing.
+    /// Default 40s (as Centrifugo).
+    #[serde(with = "duration")]
+    pub channel_position_check_delay: Duration,
     /// Deepest nesting of JSON objects and arrays accepted in what clients send (commands
     /// on every JSON transport, emulation bodies, unidirectional connect requests); a
     /// deeper command is refused as malformed. Protects subscribers' JSON parsers (Python's
@@ -893,6 +900,7 @@ impl Default for ClientConfig {
             recovery_max_publication_limit: 300,
             expired_close_delay: Duration::from_secs(25),
             stale_close_delay: Duration::from_secs(10),
+            channel_position_check_delay: Duration::from_secs(40),
             max_json_depth: 512,
         }
     }

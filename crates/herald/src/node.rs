@@ -17,7 +17,7 @@ use crate::engine::{
 };
 use crate::error::{ClientError, Disconnect};
 use crate::hub::{Control, Hub};
-use crate::metrics::Metrics;
+use crate::metrics::{GapLabel, Metrics};
 
 /// How long a presence entry lives without being refreshed by its session.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(60);
@@ -130,10 +130,11 @@ impl BrokerEventHandler for HubHandler {
         publication: Arc<Publication>,
         position: &StreamPosition,
     ) {
-        let n = self
+        let fanout = self
             .hub
             .broadcast_publication(channel, &publication, &position.epoch);
-        self.metrics.deliveries.inc_by(n as u64);
+        self.metrics.deliveries.inc_by(fanout.delivered as u64);
+        self.metrics.gaps_detected(&GapLabel::DELIVERY, fanout.gaps);
     }
 
     fn handle_join(&self, channel: &str, info: &ClientInfo) {
@@ -329,6 +330,7 @@ impl Node {
     }
 
     /// Adds a subscriber to the hub and, when it is the first here, the node to the broker.
+    /// Returns the subscription's generation (see [`crate::hub::Control::InsufficientState`]).
     ///
     /// Both happen under the channel's subscribe lock, so a second subscriber cannot
     /// become active (read its position, get its reply) before the node's broker
@@ -340,15 +342,63 @@ impl Node {
         channel: &str,
         client: &Arc<crate::hub::ClientHandle>,
         join_leave: bool,
-    ) -> Result<(), NodeError> {
+    ) -> Result<u64, NodeError> {
         let _guard = self.sub_lock(channel).lock().await;
-        if self.hub.add_subscriber(channel, client, join_leave)
+        let added = self.hub.add_subscriber(channel, client, join_leave);
+        if added.first
             && let Err(e) = self.engine.broker.subscribe(channel).await
         {
             self.hub.remove_subscriber(channel, client);
             return Err(e.into());
         }
-        Ok(())
+        Ok(added.generation)
+    }
+
+    /// Whether sessions should check their positioned subscriptions against the stream
+    /// tops: `client.channel_position_check_delay` is set and the broker may lose
+    /// deliveries (see [`crate::engine::Broker::reliable_delivery`]).
+    pub(crate) fn position_checks(&self) -> bool {
+        !self.config.client.channel_position_check_delay.is_zero()
+            && !self.engine.broker.reliable_delivery()
+    }
+
+    /// Checks a positioned subscription against its stream's top. Returns the
+    /// subscription's generation when the client is behind (a publication lost on its way
+    /// to this node that no later one revealed) or the stream has another epoch: the
+    /// session must make it recover. A subscription that received a publication since the
+    /// last check is not checked (the deliveries check it), nor is anything when the
+    /// broker cannot answer (checked again next time).
+    pub(crate) async fn check_position(
+        &self,
+        channel: &str,
+        client: &crate::hub::ClientHandle,
+    ) -> Option<u64> {
+        let probe = self.hub.probe(channel, client)?;
+        if probe.fresh {
+            return None;
+        }
+        let filter = HistoryFilter {
+            limit: Some(0),
+            ..Default::default()
+        };
+        let top = match self.engine.broker.history(channel, &filter).await {
+            Ok(h) => h.position,
+            Err(e) => {
+                tracing::debug!(channel, error = %e, "position check: stream top unavailable");
+                return None;
+            }
+        };
+        let covers = |p: &StreamPosition| p.epoch == top.epoch && p.offset >= top.offset;
+        if covers(&probe.position) {
+            return None;
+        }
+        // A delivery may have landed while the top was read: look again.
+        let again = self.hub.probe(channel, client)?;
+        if again.generation != probe.generation || covers(&again.position) {
+            return None;
+        }
+        self.metrics.gap_detected(GapLabel::POSITION_CHECK);
+        Some(probe.generation)
     }
 
     /// Removes a subscriber; the last one here takes the node out of the broker's channel.
