@@ -171,9 +171,18 @@ fn the_deb_installs_a_hardened_service_that_starts_with_its_config() {
     }
 
     // The installed binary, as the service would run it: the herald user, the installed config.
+    // setpriv execs the binary (runuser would fork, and killing it would leave Herald running).
     let port = common::free_port();
-    let mut server = Command::new("runuser")
-        .args(["-u", "herald", "--", "/usr/bin/herald", "serve", "--config"])
+    let mut server = Command::new("setpriv")
+        .args([
+            "--reuid=herald",
+            "--regid=herald",
+            "--init-groups",
+            "--",
+            "/usr/bin/herald",
+            "serve",
+            "--config",
+        ])
         .arg("/etc/herald/config.json")
         .arg("--port")
         .arg(port.to_string())
