@@ -73,7 +73,7 @@ fn setup(scenario: &Scenario) -> Setup {
     for i in 0..SUBSCRIBERS {
         let client = hub.new_client((scenario.encoding_of)(i), MAX_QUEUE_BYTES);
         hub.add_subscriber(CHANNEL, &client, false);
-        hub.activate(CHANNEL, &client, None, 0);
+        hub.activate(CHANNEL, &client, None, None);
         clients.push(client);
     }
     Setup { hub, clients }
@@ -96,7 +96,7 @@ fn broadcast(setup: &Setup, offset: u64) -> Duration {
         .broadcast_publication(CHANNEL, &publication, EPOCH);
     let elapsed = start.elapsed();
     assert_eq!(
-        delivered, SUBSCRIBERS,
+        delivered.delivered, SUBSCRIBERS,
         "every subscriber gets the publication"
     );
     elapsed

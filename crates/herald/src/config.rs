@@ -188,6 +188,8 @@ pub struct Config {
     pub demo: EnabledFlag,
     /// The web console at `/console`, as Centrifugo's admin web interface.
     pub admin: AdminConfig,
+    /// What SIGTERM does: the drain of a node (rolling restarts).
+    pub shutdown: ShutdownConfig,
 }
 
 impl Default for Config {
@@ -213,6 +215,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             demo: EnabledFlag::default(),
             admin: AdminConfig::default(),
+            shutdown: ShutdownConfig::default(),
         }
     }
 }
@@ -867,6 +870,13 @@ pub struct ClientConfig {
     /// command before it is closed with 3502 (stale). Default 10s.
     #[serde(with = "duration")]
     pub stale_close_delay: Duration,
+    /// How often a positioned subscription that received nothing meanwhile is compared
+    /// with its stream's top, to find a publication the broker lost on its way to this
+    /// node that no later publication revealed; one found behind is made to recover.
+    /// `0` turns the checks off. Not done with the memory engine, which loses nothing.
+    /// Default 40s (as Centrifugo).
+    #[serde(with = "duration")]
+    pub channel_position_check_delay: Duration,
     /// Deepest nesting of JSON objects and arrays accepted in what clients send (commands
     /// on every JSON transport, emulation bodies, unidirectional connect requests); a
     /// deeper command is refused as malformed. Protects subscribers' JSON parsers (Python's
@@ -890,6 +900,7 @@ impl Default for ClientConfig {
             recovery_max_publication_limit: 300,
             expired_close_delay: Duration::from_secs(25),
             stale_close_delay: Duration::from_secs(10),
+            channel_position_check_delay: Duration::from_secs(40),
             max_json_depth: 512,
         }
     }
@@ -1176,6 +1187,34 @@ impl Default for UniGrpcConfig {
 pub struct EnabledFlag {
     /// Whether the feature is on. Default `false` unless the field's doc says otherwise.
     pub enabled: bool,
+}
+
+/// `shutdown.*`: the drain on SIGTERM or SIGINT. The listeners close at once (a proxy's
+/// health check then sends new clients to the other nodes); connected clients are told to
+/// reconnect (disconnect 3001, reconnect allowed) spread over `reconnect_spread`, so that
+/// they arrive at the other nodes over that window rather than all at once, and are served
+/// until then; the process exits once they are gone or `timeout` passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShutdownConfig {
+    /// The longest drain, from the signal to the exit; clients still connected then are
+    /// dropped. As Centrifugo's `shutdown.timeout`. Default `30s`.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// The window over which connected clients are told to reconnect, evenly; `0` tells
+    /// them all at once (a single node restarting in place). Herald only (Centrifugo tells
+    /// them all at once). Must be less than `timeout`. Default `5s`.
+    #[serde(with = "duration")]
+    pub reconnect_spread: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            timeout: Duration::from_secs(30),
+            reconnect_spread: Duration::from_secs(5),
+        }
+    }
 }
 
 /// `node.*`.
@@ -1545,6 +1584,21 @@ impl Config {
             return Err(ConfigError::invalid(
                 "http_server.write_timeout",
                 "must be greater than 0",
+            ));
+        }
+        if self.shutdown.timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "shutdown.timeout",
+                "must be greater than 0",
+            ));
+        }
+        if self.shutdown.reconnect_spread >= self.shutdown.timeout {
+            return Err(ConfigError::invalid(
+                "shutdown.reconnect_spread",
+                format!(
+                    "must be less than shutdown.timeout ({})",
+                    duration::format(self.shutdown.timeout)
+                ),
             ));
         }
         for (key, value) in [

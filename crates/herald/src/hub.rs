@@ -9,19 +9,25 @@
 //! - A new subscription is *pending* until the session has queued its subscribe reply:
 //!   deliveries meanwhile are buffered and released right after the reply, dropping those
 //!   the reply already covered. This is what makes recovery exact (no gap, no duplicate).
+//! - A positioned subscription tracks the stream position its client has reached. A
+//!   publication that is not the next one (an offset jump or another epoch: the broker
+//!   lost a delivery on its way to this node) is not delivered: the subscription stops
+//!   receiving and its session is told to recover ([`Control::InsufficientState`]), so a
+//!   lost publication is never a silent gap. Late duplicates (an offset already reached)
+//!   are skipped.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{ClientInfo, Publication};
+use crate::engine::{ClientInfo, Publication, StreamPosition};
 use crate::error::Disconnect;
 use crate::protocol::{ENCODINGS, Encoding, Reply, proto};
 
@@ -60,6 +66,15 @@ pub enum Control {
     },
     /// Commands that arrived for this session by another path (emulation endpoint).
     Frame(Bytes),
+    /// The subscription to `channel` missed publications (see the module docs): the
+    /// client must resubscribe and recover. Ignored unless `generation` is still the
+    /// subscription's (the client may have resubscribed meanwhile).
+    InsufficientState {
+        /// Channel of the broken subscription.
+        channel: String,
+        /// The subscription's generation (from [`Hub::add_subscriber`]).
+        generation: u64,
+    },
 }
 
 /// Bound on pending control messages per session; they are rare.
@@ -330,8 +345,10 @@ impl ClientHandle {
     }
 }
 
-/// A delivery held back while its subscription is pending: (offset, bytes, positions).
-type Pending = (u64, Bytes, Option<Tags>);
+/// A delivery held back while its subscription is pending: (offset, epoch, bytes,
+/// positions); offset 0 and no epoch for events outside the stream (join, leave, and
+/// publications of channels without history).
+type Pending = (u64, Option<Arc<str>>, Bytes, Option<Tags>);
 
 /// Clients by id, as registered under one user.
 type UserClients = HashMap<ClientId, Arc<ClientHandle>>;
@@ -339,17 +356,138 @@ type UserClients = HashMap<ClientId, Arc<ClientHandle>>;
 struct Subscriber {
     client: Arc<ClientHandle>,
     join_leave: bool,
+    /// Tells this subscription from the client's earlier and later ones to the channel.
+    generation: u64,
+    /// Deliveries held back until activation (see the module docs); `None` once active.
     pending: Option<Mutex<Vec<Pending>>>,
+    /// The position the client has reached, for positioned subscriptions (set at
+    /// activation); `None` when the client does not follow the stream's positions.
+    position: Option<Tracked>,
+}
+
+/// A positioned subscription's place in its channel stream. Deliveries of one channel
+/// never run concurrently (the broker's contract), so plain atomics suffice.
+struct Tracked {
+    epoch: Arc<str>,
+    /// Offset of the last publication delivered (or covered by the subscribe reply).
+    offset: AtomicU64,
+    /// A gap was found: nothing more is delivered, the session was told to recover.
+    broken: AtomicBool,
+    /// A publication was delivered since the last position check.
+    fresh: AtomicBool,
+}
+
+/// What to do with one publication for one positioned subscriber.
+enum Admit {
+    Deliver,
+    /// Already delivered (a late duplicate), or the subscription is broken.
+    Skip,
+    /// Not the next publication: the subscription is now broken.
+    Gap,
+}
+
+impl Tracked {
+    fn admit(&self, offset: u64, epoch: Option<&Arc<str>>) -> Admit {
+        if offset == 0 {
+            // Published with skip_history: outside the stream, nothing to check.
+            return Admit::Deliver;
+        }
+        if self.broken.load(Ordering::Relaxed) {
+            return Admit::Skip;
+        }
+        let last = self.offset.load(Ordering::Relaxed);
+        let same_epoch = epoch.is_some_and(|e| **e == *self.epoch);
+        if same_epoch && offset <= last {
+            return Admit::Skip;
+        }
+        if !same_epoch || offset != last + 1 {
+            self.broken.store(true, Ordering::Relaxed);
+            return Admit::Gap;
+        }
+        self.offset.store(offset, Ordering::Relaxed);
+        self.fresh.store(true, Ordering::Relaxed);
+        Admit::Deliver
+    }
+}
+
+/// What one delivery did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Delivered {
+    /// Queued (or held while pending).
+    Queued,
+    /// Not queued: the queue is closed, or the item was a duplicate.
+    Not,
+    /// Not queued: a gap; the session was told to recover.
+    Gap,
 }
 
 impl Subscriber {
-    fn deliver(&self, offset: u64, bytes: Bytes, tags: Option<&Tags>) -> bool {
+    fn deliver(
+        &self,
+        channel: &str,
+        offset: u64,
+        epoch: Option<&Arc<str>>,
+        bytes: Bytes,
+        tags: Option<&Tags>,
+    ) -> Delivered {
         if let Some(pending) = &self.pending {
-            pending.lock().push((offset, bytes, tags.cloned()));
-            return true;
+            pending
+                .lock()
+                .push((offset, epoch.cloned(), bytes, tags.cloned()));
+            return Delivered::Queued;
         }
-        self.client.queue.push_tagged(bytes, tags.cloned())
+        if let Some(tracked) = &self.position {
+            match tracked.admit(offset, epoch) {
+                Admit::Deliver => {}
+                Admit::Skip => return Delivered::Not,
+                Admit::Gap => {
+                    self.insufficient_state(channel);
+                    return Delivered::Gap;
+                }
+            }
+        }
+        if self.client.queue.push_tagged(bytes, tags.cloned()) {
+            Delivered::Queued
+        } else {
+            Delivered::Not
+        }
     }
+
+    fn insufficient_state(&self, channel: &str) {
+        self.client.control(Control::InsufficientState {
+            channel: channel.to_string(),
+            generation: self.generation,
+        });
+    }
+}
+
+/// What [`Hub::add_subscriber`] did.
+#[derive(Clone, Copy, Debug)]
+pub struct Added {
+    /// The channel's first subscriber on this node: the node subscribes to it in the broker.
+    pub first: bool,
+    /// The new subscription's generation (see [`Control::InsufficientState`]).
+    pub generation: u64,
+}
+
+/// What [`Hub::broadcast_publication`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fanout {
+    /// Subscribers whose queue (or pending buffer) took the publication.
+    pub delivered: usize,
+    /// Subscribers for which the publication revealed a gap (told to recover).
+    pub gaps: usize,
+}
+
+/// A positioned subscription's position, for the periodic check against the stream top.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// Where the client is.
+    pub position: StreamPosition,
+    /// A publication reached it since the previous probe (then no check is needed).
+    pub fresh: bool,
+    /// The subscription's generation.
+    pub generation: u64,
 }
 
 type ChannelMap = HashMap<Arc<str>, HashMap<ClientId, Subscriber>>;
@@ -487,37 +625,46 @@ impl Hub {
             .collect()
     }
 
-    /// Adds a pending subscriber. Returns true when it is the channel's first on this node
-    /// (the node then subscribes to the channel in the broker).
+    /// Adds a pending subscriber; says whether it is the channel's first on this node (the
+    /// node then subscribes to the channel in the broker) and its generation.
     pub fn add_subscriber(
         &self,
         channel: &str,
         client: &Arc<ClientHandle>,
         join_leave: bool,
-    ) -> bool {
+    ) -> Added {
+        let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut shard = self.channels[shard_of(channel)].write();
         let first = !shard.contains_key(channel);
         let subs = shard.entry(Arc::from(channel)).or_default();
         let sub = Subscriber {
             client: client.clone(),
             join_leave,
+            generation,
             pending: Some(Mutex::new(Vec::new())),
+            position: None,
         };
         if subs.insert(client.id, sub).is_none() {
             self.subscriptions.fetch_add(1, Ordering::Relaxed);
         }
-        first
+        Added { first, generation }
     }
 
     /// Queues the subscribe reply (if any), then releases what arrived while the
-    /// subscription was pending, skipping publications at or below `covered_offset`.
+    /// subscription was pending.
+    ///
+    /// `position` is where the reply leaves a positioned subscription's client (`None`
+    /// for a client that does not follow positions): held publications up to it are
+    /// dropped, and from then on every publication must be the next one (see the module
+    /// docs). Returns true when the held publications already show a gap (the session
+    /// was told to recover).
     pub fn activate(
         &self,
         channel: &str,
         client: &ClientHandle,
         reply: Option<(Bytes, Option<Tags>)>,
-        covered_offset: u64,
-    ) {
+        position: Option<&StreamPosition>,
+    ) -> bool {
         let mut shard = self.channels[shard_of(channel)].write();
         let sub = shard
             .get_mut(channel)
@@ -525,15 +672,61 @@ impl Hub {
         if let Some((reply, tags)) = reply {
             client.queue.push_tagged(reply, tags);
         }
-        if let Some(sub) = sub
-            && let Some(pending) = sub.pending.take()
-        {
-            for (offset, bytes, tags) in pending.into_inner() {
-                if offset == 0 || offset > covered_offset {
+        let Some(sub) = sub else {
+            return false;
+        };
+        if let Some(pos) = position.filter(|p| !p.epoch.is_empty()) {
+            sub.position = Some(Tracked {
+                epoch: Arc::from(pos.epoch.as_str()),
+                offset: AtomicU64::new(pos.offset),
+                broken: AtomicBool::new(false),
+                fresh: AtomicBool::new(false),
+            });
+        }
+        let Some(pending) = sub.pending.take() else {
+            return false;
+        };
+        let mut gap = false;
+        for (offset, epoch, bytes, tags) in pending.into_inner() {
+            let admit = match &sub.position {
+                Some(tracked) => tracked.admit(offset, epoch.as_ref()),
+                None => Admit::Deliver,
+            };
+            match admit {
+                Admit::Deliver => {
                     client.queue.push_tagged(bytes, tags);
+                }
+                Admit::Skip => {}
+                Admit::Gap => {
+                    sub.insufficient_state(channel);
+                    gap = true;
                 }
             }
         }
+        gap
+    }
+
+    /// The position a positioned, active subscription's client has reached, for the
+    /// periodic check; `None` when there is nothing to check (not found, pending, not
+    /// positioned, or already told to recover). Clears the subscription's "fresh" mark.
+    pub fn probe(&self, channel: &str, client: &ClientHandle) -> Option<Probe> {
+        let shard = self.channels[shard_of(channel)].read();
+        let sub = shard.get(channel)?.get(&client.id)?;
+        if sub.pending.is_some() {
+            return None;
+        }
+        let tracked = sub.position.as_ref()?;
+        if tracked.broken.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(Probe {
+            position: StreamPosition {
+                offset: tracked.offset.load(Ordering::Relaxed),
+                epoch: tracked.epoch.to_string(),
+            },
+            fresh: tracked.fresh.swap(false, Ordering::Relaxed),
+            generation: sub.generation,
+        })
     }
 
     /// Removes a subscriber. Returns true when the channel has no subscriber left here.
@@ -552,23 +745,25 @@ impl Hub {
         false
     }
 
-    /// Delivers a publication to every local subscriber of `channel`; returns how many.
-    /// `epoch` is the channel stream's epoch, for the items' [`PositionTag`].
+    /// Delivers a publication to every local subscriber of `channel`. `epoch` is the
+    /// channel stream's epoch, checked against positioned subscriptions and written into
+    /// the items' [`PositionTag`].
     pub fn broadcast_publication(
         &self,
         channel: &str,
         publication: &Publication,
         epoch: &str,
-    ) -> usize {
+    ) -> Fanout {
         let shard = self.channels[shard_of(channel)].read();
         let Some(subs) = shard.get(channel) else {
-            return 0;
+            return Fanout::default();
         };
-        let tags: Option<Tags> = (publication.offset > 0).then(|| {
+        let epoch: Option<Arc<str>> = (publication.offset > 0).then(|| Arc::from(epoch));
+        let tags: Option<Tags> = epoch.as_ref().map(|epoch| {
             Arc::from([PositionTag {
                 channel: Arc::from(channel),
                 offset: publication.offset,
-                epoch: Arc::from(epoch),
+                epoch: epoch.clone(),
             }])
         });
         let mut encoded = EncodedOnce::new(|enc| {
@@ -579,14 +774,22 @@ impl Hub {
             }))
             .unwrap_or_default()
         });
-        let mut n = 0;
+        let mut fanout = Fanout::default();
         for sub in subs.values() {
             let bytes = encoded.get(sub.client.queue.encoding());
-            if sub.deliver(publication.offset, bytes, tags.as_ref()) {
-                n += 1;
+            match sub.deliver(
+                channel,
+                publication.offset,
+                epoch.as_ref(),
+                bytes,
+                tags.as_ref(),
+            ) {
+                Delivered::Queued => fanout.delivered += 1,
+                Delivered::Not => {}
+                Delivered::Gap => fanout.gaps += 1,
             }
         }
-        n
+        fanout
     }
 
     /// Delivers a join (`join` true) or leave event to the subscribers that asked for them.
@@ -610,7 +813,7 @@ impl Hub {
         });
         for sub in subs.values().filter(|s| s.join_leave) {
             let bytes = encoded.get(sub.client.queue.encoding());
-            sub.deliver(0, bytes, None);
+            sub.deliver(channel, 0, None, bytes, None);
         }
     }
 
@@ -672,7 +875,16 @@ mod tests {
             0,
             "pending deliveries wait for the reply"
         );
-        hub.activate("ch", &c, Some((Bytes::from_static(b"REPLY"), None)), 4);
+        let at = StreamPosition {
+            offset: 4,
+            epoch: "e".into(),
+        };
+        hub.activate(
+            "ch",
+            &c,
+            Some((Bytes::from_static(b"REPLY"), None)),
+            Some(&at),
+        );
         hub.broadcast_publication("ch", &publication(6), "e");
         let batch = c.queue.next_batch().await;
         assert_eq!(batch.items.len(), 3);
@@ -689,6 +901,102 @@ mod tests {
         );
     }
 
+    fn offsets_queued(c: &ClientHandle) -> Vec<u64> {
+        let mut out = Vec::new();
+        let batch = futures_util::FutureExt::now_or_never(c.queue.next_batch());
+        for item in batch.map(|b| b.items).unwrap_or_default() {
+            let v: serde_json::Value = serde_json::from_slice(&item).unwrap();
+            out.push(v["push"]["pub"]["offset"].as_u64().unwrap_or(0));
+        }
+        out
+    }
+
+    fn insufficient_state(c: &ClientHandle) -> Option<(String, u64)> {
+        match futures_util::FutureExt::now_or_never(c.inbox.recv()) {
+            Some(Control::InsufficientState {
+                channel,
+                generation,
+            }) => Some((channel, generation)),
+            Some(other) => panic!("unexpected control {other:?}"),
+            None => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_offset_jump_stops_delivery_and_asks_for_recovery() {
+        let hub = Hub::new();
+        let c = hub.new_client(Encoding::Json, 1 << 20);
+        let added = hub.add_subscriber("ch", &c, false);
+        let at = StreamPosition {
+            offset: 1,
+            epoch: "e".into(),
+        };
+        assert!(!hub.activate("ch", &c, None, Some(&at)));
+        let fanout = |n| hub.broadcast_publication("ch", &publication(n), "e");
+        assert_eq!(fanout(2).delivered, 1);
+        assert_eq!(fanout(2), Fanout::default(), "a late duplicate is skipped");
+        assert_eq!(insufficient_state(&c), None);
+        assert_eq!(fanout(4).gaps, 1, "3 was lost");
+        assert_eq!(fanout(5), Fanout::default(), "nothing after a gap");
+        assert_eq!(offsets_queued(&c), vec![2]);
+        assert_eq!(
+            insufficient_state(&c),
+            Some(("ch".to_string(), added.generation))
+        );
+        assert_eq!(hub.probe("ch", &c), None, "broken: nothing to check");
+    }
+
+    #[tokio::test]
+    async fn another_epoch_asks_for_recovery() {
+        let hub = Hub::new();
+        let c = hub.new_client(Encoding::Json, 1 << 20);
+        hub.add_subscriber("ch", &c, false);
+        let at = StreamPosition {
+            offset: 7,
+            epoch: "e".into(),
+        };
+        hub.activate("ch", &c, None, Some(&at));
+        let fanout = hub.broadcast_publication("ch", &publication(8), "other");
+        assert_eq!(fanout.gaps, 1);
+        assert!(insufficient_state(&c).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_gap_in_held_publications_is_found_at_activation() {
+        let hub = Hub::new();
+        let c = hub.new_client(Encoding::Json, 1 << 20);
+        hub.add_subscriber("ch", &c, false);
+        for n in [3, 4, 6] {
+            hub.broadcast_publication("ch", &publication(n), "e");
+        }
+        let at = StreamPosition {
+            offset: 3,
+            epoch: "e".into(),
+        };
+        assert!(hub.activate("ch", &c, None, Some(&at)));
+        assert_eq!(offsets_queued(&c), vec![4]);
+        assert!(insufficient_state(&c).is_some());
+    }
+
+    #[tokio::test]
+    async fn probe_reports_the_position_and_whether_publications_arrived() {
+        let hub = Hub::new();
+        let c = hub.new_client(Encoding::Json, 1 << 20);
+        hub.add_subscriber("ch", &c, false);
+        assert_eq!(hub.probe("ch", &c), None, "pending");
+        let at = StreamPosition {
+            offset: 1,
+            epoch: "e".into(),
+        };
+        hub.activate("ch", &c, None, Some(&at));
+        assert!(!hub.probe("ch", &c).unwrap().fresh);
+        hub.broadcast_publication("ch", &publication(2), "e");
+        let probe = hub.probe("ch", &c).unwrap();
+        assert!(probe.fresh);
+        assert_eq!(probe.position.offset, 2);
+        assert!(!hub.probe("ch", &c).unwrap().fresh, "fresh is cleared");
+    }
+
     #[tokio::test]
     async fn one_encoding_is_shared_by_all_subscribers() {
         let hub = Hub::new();
@@ -697,9 +1005,13 @@ mod tests {
             .collect();
         for c in &clients {
             hub.add_subscriber("ch", c, false);
-            hub.activate("ch", c, None, 0);
+            hub.activate("ch", c, None, None);
         }
-        assert_eq!(hub.broadcast_publication("ch", &publication(1), "e"), 3);
+        assert_eq!(
+            hub.broadcast_publication("ch", &publication(1), "e")
+                .delivered,
+            3
+        );
         let mut ptrs = Vec::new();
         for c in &clients {
             let b = c.queue.next_batch().await;
@@ -716,7 +1028,7 @@ mod tests {
         let hub = Hub::new();
         let c = hub.new_client(Encoding::Json, 64);
         hub.add_subscriber("ch", &c, false);
-        hub.activate("ch", &c, None, 0);
+        hub.activate("ch", &c, None, None);
         for i in 1..=10 {
             hub.broadcast_publication("ch", &publication(i), "e");
         }

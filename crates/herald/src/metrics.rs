@@ -29,6 +29,25 @@ pub struct MethodLabel {
     pub method: &'static str,
 }
 
+/// Label: how a gap in a subscriber's stream was found.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GapLabel {
+    /// `delivery` (an offset jump or another epoch among delivered publications) or
+    /// `position_check` (the periodic comparison with the stream top).
+    pub detected_by: &'static str,
+}
+
+impl GapLabel {
+    /// Found among delivered publications.
+    pub const DELIVERY: GapLabel = GapLabel {
+        detected_by: "delivery",
+    };
+    /// Found by the periodic position check.
+    pub const POSITION_CHECK: GapLabel = GapLabel {
+        detected_by: "position_check",
+    };
+}
+
 /// Every metric Herald exports.
 pub struct Metrics {
     registry: Registry,
@@ -46,6 +65,8 @@ pub struct Metrics {
     pub publications: Counter,
     /// Publications handed to local subscriber queues.
     pub deliveries: Counter,
+    /// Subscriptions found to have missed publications (each made to recover).
+    pub gaps: Family<GapLabel, Counter>,
     /// Publish latency (engine append and local fan-out), seconds.
     pub publish_latency: Histogram,
     /// Messages written per socket write (write coalescing).
@@ -78,6 +99,7 @@ impl Metrics {
             disconnects: Family::default(),
             publications: Counter::default(),
             deliveries: Counter::default(),
+            gaps: Family::default(),
             publish_latency: Histogram::new(exponential_buckets(0.00001, 4.0, 10)),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             clients: Gauge::default(),
@@ -110,6 +132,11 @@ impl Metrics {
             m.deliveries.clone(),
         );
         registry.register(
+            "gaps_detected",
+            "Subscriptions that missed publications and were made to recover",
+            m.gaps.clone(),
+        );
+        registry.register(
             "publish_latency_seconds",
             "Publish latency",
             m.publish_latency.clone(),
@@ -128,6 +155,18 @@ impl Metrics {
             m.queued_bytes.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Counts `n` subscriptions found to have missed publications.
+    pub fn gaps_detected(&self, how: &GapLabel, n: usize) {
+        if n > 0 {
+            self.gaps.get_or_create(how).inc_by(n as u64);
+        }
+    }
+
+    /// Counts one subscription found to have missed publications.
+    pub fn gap_detected(&self, how: GapLabel) {
+        self.gaps_detected(&how, 1);
     }
 
     /// Refreshes the sampled gauges from the hub.

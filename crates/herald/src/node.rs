@@ -17,10 +17,15 @@ use crate::engine::{
 };
 use crate::error::{ClientError, Disconnect};
 use crate::hub::{Control, Hub};
-use crate::metrics::Metrics;
+use crate::metrics::{GapLabel, Metrics};
 
 /// How long a presence entry lives without being refreshed by its session.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(60);
+
+/// Shards of the per-channel subscribe lock. Channels that share a shard wait for each
+/// other's broker subscribe or unsubscribe (one round trip to a remote broker); 1024 keeps
+/// that rare while the locks take about 40 KiB.
+const SUB_LOCK_SHARDS: usize = 1024;
 
 /// Failure of a server-side operation, mapped to a client error code at the edges.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +108,10 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     /// Broker and presence; started by [`Node::start`], closed by [`Node::close`].
     engine: Engine,
+    /// Per-channel (sharded) lock held across a hub change and the broker call it implies,
+    /// so that the node's broker subscription is live whenever the hub has a subscriber
+    /// (see [`Node::hub_subscribe`]). A tokio mutex: the broker call is awaited under it.
+    sub_locks: Box<[tokio::sync::Mutex<()>]>,
     uid: String,
     started: Instant,
     shutdown: CancellationToken,
@@ -121,10 +130,11 @@ impl BrokerEventHandler for HubHandler {
         publication: Arc<Publication>,
         position: &StreamPosition,
     ) {
-        let n = self
+        let fanout = self
             .hub
             .broadcast_publication(channel, &publication, &position.epoch);
-        self.metrics.deliveries.inc_by(n as u64);
+        self.metrics.deliveries.inc_by(fanout.delivered as u64);
+        self.metrics.gaps_detected(&GapLabel::DELIVERY, fanout.gaps);
     }
 
     fn handle_join(&self, channel: &str, info: &ClientInfo) {
@@ -166,6 +176,9 @@ impl Node {
             sub_verifier,
             metrics,
             engine,
+            sub_locks: (0..SUB_LOCK_SHARDS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             uid: uuid::Uuid::new_v4().to_string(),
             started: Instant::now(),
             shutdown: CancellationToken::new(),
@@ -309,27 +322,95 @@ impl Node {
         Ok(self.engine.presence.stats(channel).await?)
     }
 
+    fn sub_lock(&self, channel: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        channel.hash(&mut h);
+        &self.sub_locks[(h.finish() as usize) % self.sub_locks.len()]
+    }
+
     /// Adds a subscriber to the hub and, when it is the first here, the node to the broker.
+    /// Returns the subscription's generation (see [`crate::hub::Control::InsufficientState`]).
+    ///
+    /// Both happen under the channel's subscribe lock, so a second subscriber cannot
+    /// become active (read its position, get its reply) before the node's broker
+    /// subscription is live, which would lose the publications in between; and a last
+    /// subscriber leaving ([`Node::hub_unsubscribe`]) cannot unsubscribe the node after a
+    /// new first subscriber subscribed it.
     pub(crate) async fn hub_subscribe(
         &self,
         channel: &str,
         client: &Arc<crate::hub::ClientHandle>,
         join_leave: bool,
-    ) -> Result<(), NodeError> {
-        if self.hub.add_subscriber(channel, client, join_leave)
+    ) -> Result<u64, NodeError> {
+        let _guard = self.sub_lock(channel).lock().await;
+        let added = self.hub.add_subscriber(channel, client, join_leave);
+        if added.first
             && let Err(e) = self.engine.broker.subscribe(channel).await
         {
             self.hub.remove_subscriber(channel, client);
             return Err(e.into());
         }
-        Ok(())
+        Ok(added.generation)
+    }
+
+    /// Whether sessions should check their positioned subscriptions against the stream
+    /// tops: `client.channel_position_check_delay` is set and the broker may lose
+    /// deliveries (see [`crate::engine::Broker::reliable_delivery`]).
+    pub(crate) fn position_checks(&self) -> bool {
+        !self.config.client.channel_position_check_delay.is_zero()
+            && !self.engine.broker.reliable_delivery()
+    }
+
+    /// Checks a positioned subscription against its stream's top. Returns the
+    /// subscription's generation when the client is behind (a publication lost on its way
+    /// to this node that no later one revealed) or the stream has another epoch: the
+    /// session must make it recover. A subscription that received a publication since the
+    /// last check is not checked (the deliveries check it), nor is anything when the
+    /// broker cannot answer (checked again next time).
+    pub(crate) async fn check_position(
+        &self,
+        channel: &str,
+        client: &crate::hub::ClientHandle,
+    ) -> Option<u64> {
+        let probe = self.hub.probe(channel, client)?;
+        if probe.fresh {
+            return None;
+        }
+        let filter = HistoryFilter {
+            limit: Some(0),
+            ..Default::default()
+        };
+        let top = match self.engine.broker.history(channel, &filter).await {
+            Ok(h) => h.position,
+            Err(e) => {
+                tracing::debug!(channel, error = %e, "position check: stream top unavailable");
+                return None;
+            }
+        };
+        let covers = |p: &StreamPosition| p.epoch == top.epoch && p.offset >= top.offset;
+        if covers(&probe.position) {
+            return None;
+        }
+        // A delivery may have landed while the top was read: look again.
+        let again = self.hub.probe(channel, client)?;
+        if again.generation != probe.generation || covers(&again.position) {
+            return None;
+        }
+        self.metrics.gap_detected(GapLabel::POSITION_CHECK);
+        Some(probe.generation)
     }
 
     /// Removes a subscriber; the last one here takes the node out of the broker's channel.
+    /// Under the channel's subscribe lock: the hub's emptiness, checked by the removal,
+    /// holds until the broker unsubscribe is done (see [`Node::hub_subscribe`]).
     pub(crate) async fn hub_unsubscribe(&self, channel: &str, client: &crate::hub::ClientHandle) {
+        let _guard = self.sub_lock(channel).lock().await;
         if self.hub.remove_subscriber(channel, client)
             && let Err(e) = self.engine.broker.unsubscribe(channel).await
         {
+            // The node stays subscribed with nobody to deliver to: harmless, and the next
+            // first subscriber subscribes again (subscribe is idempotent).
             tracing::warn!(channel, error = %e, "broker unsubscribe failed");
         }
     }
@@ -412,11 +493,27 @@ impl Node {
         self.shutdown.is_cancelled()
     }
 
-    /// Begins shutdown: every client is told to reconnect (elsewhere or later).
-    pub fn shutdown(&self) {
+    /// Begins shutdown: new connects are refused and every client is told to reconnect
+    /// (disconnect 3001), spread evenly over `spread` in a random order so that they arrive
+    /// at the other nodes over that window instead of all at once. Clients not told yet are
+    /// served meanwhile. Returns once every client was told.
+    pub async fn shutdown(&self, spread: Duration) {
         self.shutdown.cancel();
-        for c in self.hub.all_clients() {
-            c.queue.close(Disconnect::SHUTDOWN);
+        let mut clients = self.hub.all_clients();
+        rand::seq::SliceRandom::shuffle(&mut clients[..], &mut rand::rng());
+        // At most this many waits: finer steps than ~20 ms buy nothing.
+        let steps = clients
+            .len()
+            .clamp(1, (spread.as_millis() / 20).max(1) as usize);
+        let per_step = clients.len().div_ceil(steps).max(1);
+        let pause = spread / steps as u32;
+        for (i, chunk) in clients.chunks(per_step).enumerate() {
+            if i > 0 {
+                tokio::time::sleep(pause).await;
+            }
+            for c in chunk {
+                c.queue.close(Disconnect::SHUTDOWN);
+            }
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::config::ChannelOptions;
 use crate::engine::{ClientInfo, HistoryFilter, StreamPosition, now_millis};
 use crate::error::{ClientError, Disconnect, unsubscribe};
 use crate::hub::{ClientHandle, Control, PositionTag, Tags};
-use crate::metrics::{CodeLabel, MethodLabel, TransportLabel};
+use crate::metrics::{CodeLabel, GapLabel, MethodLabel, TransportLabel};
 use crate::node::Node;
 use crate::protocol::Encoding;
 use crate::protocol::proto::{self, Command, Reply};
@@ -50,6 +50,15 @@ pub struct TransportInfo {
 struct SubState {
     presence: bool,
     join_leave: bool,
+    /// The client follows the stream's positions (offset, epoch): its position is
+    /// checked periodically against the stream top.
+    positioned: bool,
+    /// Made by the server (connection token, unidirectional connect, server API) rather
+    /// than by a subscribe command: the client cannot resubscribe it alone, so losing its
+    /// state closes the connection (3010) instead of unsubscribing with 2500.
+    server_side: bool,
+    /// The hub subscription's generation (see [`Control::InsufficientState`]).
+    generation: u64,
     chan_info: Bytes,
     /// When the subscription token runs out (plus `client.expired_close_delay`) unless
     /// the client refreshes it with sub_refresh.
@@ -107,6 +116,9 @@ pub struct Session {
     stale_deadline: Option<Instant>,
     next_ping: Option<Instant>,
     next_presence: Option<Instant>,
+    /// When to compare positioned subscriptions with their stream tops
+    /// (`client.channel_position_check_delay`); `None` when checks are off.
+    next_position_check: Option<Instant>,
     pong_deadline: Option<Instant>,
 }
 
@@ -138,6 +150,7 @@ impl Session {
             stale_deadline: Some(Instant::now() + stale_close_delay),
             next_ping: None,
             next_presence: None,
+            next_position_check: None,
             pong_deadline: None,
         }
     }
@@ -247,6 +260,7 @@ impl Session {
             self.stale_deadline,
             self.next_ping,
             self.next_presence,
+            self.next_position_check,
             self.pong_deadline,
             self.expire_deadline,
         ]
@@ -290,7 +304,86 @@ impl Session {
             self.next_presence = Some(now + PRESENCE_REFRESH);
             self.refresh_presence().await;
         }
+        if self.next_position_check.is_some_and(|d| d <= now) {
+            self.next_position_check =
+                Some(now + self.node.config.client.channel_position_check_delay);
+            self.check_positions().await?;
+        }
         Ok(())
+    }
+
+    /// Compares each positioned subscription's position with its stream top; one that is
+    /// behind (a publication lost on its way to this node and no later one to reveal it)
+    /// is made to recover.
+    async fn check_positions(&mut self) -> Result<(), Disconnect> {
+        let positioned: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.positioned)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in positioned {
+            if let Some(generation) = self.node.check_position(&channel, &self.handle).await {
+                self.insufficient_state(&channel, generation).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A subscription lost publications: a client-side one is unsubscribed with 2500
+    /// (insufficient state; the SDK resubscribes and recovers), a server-side one closes
+    /// the connection with 3010 (the SDK reconnects and recovers). Stale generations are
+    /// ignored.
+    async fn insufficient_state(
+        &mut self,
+        channel: &str,
+        generation: u64,
+    ) -> Result<(), Disconnect> {
+        let Some(sub) = self.subs.get(channel) else {
+            return Ok(());
+        };
+        if sub.generation != generation {
+            return Ok(());
+        }
+        tracing::info!(client = %self.handle.client, user = %self.user, channel, server_side = sub.server_side, "subscription lost publications: the client must recover");
+        if sub.server_side {
+            return Err(Disconnect::INSUFFICIENT_STATE);
+        }
+        if self.unsubscribe_core(channel).await {
+            self.send_unsubscribe(channel, unsubscribe::INSUFFICIENT_STATE);
+        }
+        Ok(())
+    }
+
+    /// Tells the client its subscription to `channel` ended, with an unsubscribe code.
+    fn send_unsubscribe(&self, channel: &str, (code, reason): (u32, &str)) {
+        self.send(&Reply {
+            push: Some(proto::Push {
+                channel: channel.to_string(),
+                unsubscribe: Some(proto::Unsubscribe {
+                    code,
+                    reason: reason.to_string(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+
+    /// Activates a subscription in the hub (see [`crate::hub::Hub::activate`]).
+    fn activate(
+        &self,
+        channel: &str,
+        reply: Option<(Bytes, Option<Tags>)>,
+        position: Option<&StreamPosition>,
+    ) {
+        if self
+            .node
+            .hub
+            .activate(channel, &self.handle, reply, position)
+        {
+            self.node.metrics.gap_detected(GapLabel::DELIVERY);
+        }
     }
 
     async fn refresh_presence(&self) {
@@ -543,12 +636,12 @@ impl Session {
                 sub_req.epoch = pos.epoch;
             }
             match self
-                .subscribe_core(&channel, &sub_req, chan_info, expire_at)
+                .subscribe_core(&channel, &sub_req, chan_info, expire_at, true)
                 .await
             {
-                Ok((result, covered)) => {
+                Ok((result, position)) => {
                     subs.insert(channel.clone(), result);
-                    activations.push((channel, covered));
+                    activations.push((channel, position));
                 }
                 Err(Failure::Reply(e)) => {
                     tracing::warn!(client = %self.handle.client, channel, error = %e, "server-side subscription failed");
@@ -614,13 +707,15 @@ impl Session {
                 self.send_tagged(&push, Some(Tags::from([tag])));
             }
         }
-        for (channel, covered) in activations {
-            self.node
-                .hub
-                .activate(&channel, &self.handle, None, covered);
+        for (channel, position) in activations {
+            self.activate(&channel, None, position.as_ref());
             self.after_join(&channel).await;
         }
         self.next_presence = Some(Instant::now() + PRESENCE_REFRESH);
+        self.next_position_check = self
+            .node
+            .position_checks()
+            .then(|| Instant::now() + cfg.client.channel_position_check_delay);
         self.next_ping = (!cfg.client.ping_interval.is_zero())
             .then(|| Instant::now() + cfg.client.ping_interval);
         Ok(None)
@@ -692,8 +787,8 @@ impl Session {
         }
         let opts = self.node.channel_options(&channel)?;
         let (chan_info, expire_at) = self.authorize_subscribe(&channel, opts, &req.token)?;
-        let (result, covered) = self
-            .subscribe_core(&channel, &req, chan_info, expire_at)
+        let (result, position) = self
+            .subscribe_core(&channel, &req, chan_info, expire_at, false)
             .await?;
         let reply = Reply {
             id: _id,
@@ -701,23 +796,23 @@ impl Session {
             ..Default::default()
         };
         let bytes = self.transport.encoding.encode_reply(&reply);
-        self.node
-            .hub
-            .activate(&channel, &self.handle, bytes.map(|b| (b, None)), covered);
+        self.activate(&channel, bytes.map(|b| (b, None)), position.as_ref());
         self.after_join(&channel).await;
         Ok(None)
     }
 
     /// Registers a subscription (pending in the hub) and computes its result, with the
     /// recovered publications when the client asked to recover. The caller queues the
-    /// reply and activates the subscription with the returned covered offset.
+    /// reply and activates the subscription with the returned position (the one the reply
+    /// leaves the client at; `None` when the subscription is not positioned).
     async fn subscribe_core(
         &mut self,
         channel: &str,
         req: &proto::SubscribeRequest,
         chan_info: Bytes,
         expire_at: Option<i64>,
-    ) -> Result<(proto::SubscribeResult, u64), Failure> {
+        server_side: bool,
+    ) -> Result<(proto::SubscribeResult, Option<StreamPosition>), Failure> {
         let node = self.node.clone();
         let opts = node.channel_options(channel)?;
         let history_on = opts.history_size > 0 && !opts.history_ttl.is_zero();
@@ -731,7 +826,8 @@ impl Session {
                 || (opts.allow_positioning && req.positioned));
         let join_leave = opts.join_leave && (opts.force_push_join_leave || req.join_leave);
 
-        node.hub_subscribe(channel, &self.handle, join_leave)
+        let generation = node
+            .hub_subscribe(channel, &self.handle, join_leave)
             .await?;
         let (expires, ttl) = Self::ttl(expire_at);
         let mut result = proto::SubscribeResult {
@@ -741,7 +837,7 @@ impl Session {
             positioned,
             ..Default::default()
         };
-        let mut covered = 0;
+        let mut position = None;
         if positioned {
             let recovering = recoverable && req.recover;
             let limit = match self.node.config.client.recovery_max_publication_limit {
@@ -785,20 +881,23 @@ impl Session {
                 result.was_recovering = true;
                 result.publications = pubs.iter().take(limit).map(|p| p.to_proto()).collect();
             }
-            result.epoch = history.position.epoch;
+            result.epoch = history.position.epoch.clone();
             result.offset = history.position.offset;
-            covered = history.position.offset;
+            position = Some(history.position);
         }
         self.subs.insert(
             channel.to_string(),
             SubState {
                 presence: opts.presence,
                 join_leave: opts.join_leave,
+                positioned,
+                server_side,
+                generation,
                 chan_info,
                 expire_deadline: self.expiry_deadline(expire_at),
             },
         );
-        Ok((result, covered))
+        Ok((result, position))
     }
 
     async fn after_join(&self, channel: &str) {
@@ -1006,21 +1105,14 @@ impl Session {
             Control::Frame(bytes) => self.handle_frame(&bytes).await,
             Control::Unsubscribe { channel } => {
                 if self.unsubscribe_core(&channel).await {
-                    let (code, reason) = unsubscribe::SERVER;
-                    self.send(&Reply {
-                        push: Some(proto::Push {
-                            channel,
-                            unsubscribe: Some(proto::Unsubscribe {
-                                code,
-                                reason: reason.to_string(),
-                            }),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    });
+                    self.send_unsubscribe(&channel, unsubscribe::SERVER);
                 }
                 Ok(())
             }
+            Control::InsufficientState {
+                channel,
+                generation,
+            } => self.insufficient_state(&channel, generation).await,
             Control::Subscribe { channel } => {
                 if !self.connected || self.subs.contains_key(&channel) {
                     return Ok(());
@@ -1031,10 +1123,11 @@ impl Session {
                         &proto::SubscribeRequest::default(),
                         Bytes::new(),
                         None,
+                        true,
                     )
                     .await
                 {
-                    Ok((result, covered)) => {
+                    Ok((result, position)) => {
                         let push = Reply {
                             push: Some(proto::Push {
                                 channel: channel.clone(),
@@ -1061,9 +1154,7 @@ impl Session {
                             .encoding
                             .encode_reply(&push)
                             .map(|b| (b, tags));
-                        self.node
-                            .hub
-                            .activate(&channel, &self.handle, bytes, covered);
+                        self.activate(&channel, bytes, position.as_ref());
                         self.after_join(&channel).await;
                     }
                     Err(_) => {

@@ -183,6 +183,11 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    /// Delivery is a function call inside this process: nothing is lost on the way.
+    fn reliable_delivery(&self) -> bool {
+        true
+    }
+
     async fn unsubscribe(&self, _channel: &str) -> Result<(), EngineError> {
         Ok(())
     }

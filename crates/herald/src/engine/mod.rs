@@ -95,7 +95,10 @@ pub enum EngineError {
 /// Receives events from the broker. Registered once by the node at start.
 ///
 /// Calls for one channel arrive in stream order and never concurrently; implementations
-/// must not block (they hand bytes to bounded queues and return).
+/// must not block (they hand bytes to bounded queues and return). The node checks each
+/// publication's offset and epoch against what its subscribers have reached, so a
+/// delivery that the broker lost (an offset jump) or a stream that was replaced (another
+/// epoch) makes the subscribers recover instead of skipping silently.
 pub trait BrokerEventHandler: Send + Sync {
     /// A publication was appended to `channel` (on this node or another).
     fn handle_publication(
@@ -112,17 +115,48 @@ pub trait BrokerEventHandler: Send + Sync {
 
 /// Moves channel events between nodes and keeps history streams.
 ///
-/// Delivery between nodes is at most once; clients close gaps through recovery with the
-/// (offset, epoch) positions this trait returns.
+/// Contracts every implementation keeps (the conformance suite checks them):
+/// - **Append and deliver are atomic per channel.** A publication's history append (its
+///   offset is the previous one plus one) and its hand-off for delivery happen as one step
+///   per channel, so that every node sees a channel's publications in offset order (a
+///   Redis engine does both in one Lua script; the memory engine holds the stream's lock
+///   across both). A broker that cannot must say so, and its caller must serialise
+///   publishes per channel.
+/// - **`subscribe` returns only once delivery is live**: every publication appended after
+///   it returns reaches the handler (unless lost, below). The node relies on it: it reads
+///   a new subscriber's stream position after the subscribe, under a per-channel lock, so
+///   nothing falls between the position and the first delivery.
+/// - **Delivery between nodes is at most once** (PUB/SUB can lose messages, on a reconnect
+///   for instance); it is never duplicated out of order. **Gaps are detected by the node**,
+///   not the broker: an offset jump or another epoch among a channel's deliveries makes the
+///   affected subscribers recover, and a periodic check of idle subscriptions against the
+///   stream top (`client.channel_position_check_delay`) finds a lost last publication.
+///   Clients close gaps through recovery with the (offset, epoch) positions this trait
+///   returns.
+/// - **Epochs**: an absent stream has an epoch that stays stable while it is read (a
+///   client may subscribe before the first publication); a stream that is lost (expired,
+///   removed, flushed, a store restarted without persistence) comes back with a new one.
+/// - Calls for different channels may run concurrently; the handler's calls for one
+///   channel never do.
 #[async_trait]
 pub trait Broker: Send + Sync {
     /// Registers the handler that receives every event for channels this node subscribed to.
     fn register_handler(&self, handler: Arc<dyn BrokerEventHandler>);
-    /// Starts delivering `channel`'s events to this node. Idempotent.
+    /// Starts delivering `channel`'s events to this node; returns once delivery is live.
+    /// Idempotent. The node calls it for a channel's first local subscriber, never
+    /// concurrently with [`Broker::unsubscribe`] for the same channel.
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError>;
-    /// Stops delivering `channel`'s events to this node. Idempotent.
+    /// Stops delivering `channel`'s events to this node. Idempotent. Called when the
+    /// channel's last local subscriber left.
     async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError>;
-    /// Appends to history (atomically per channel: offsets rise by exactly one) and delivers.
+    /// Whether every publication reaches every subscribed node (true for the single
+    /// process memory engine): the node then skips the periodic position checks. Default:
+    /// false, the safe answer for any networked broker.
+    fn reliable_delivery(&self) -> bool {
+        false
+    }
+    /// Appends to history (atomically per channel: offsets rise by exactly one) and hands
+    /// the publication over for delivery, as one step per channel (see the trait docs).
     /// Returns the publication's position; offset 0 when `opts.history_size` is 0.
     async fn publish(
         &self,

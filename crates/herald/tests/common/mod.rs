@@ -395,7 +395,8 @@ fn ensure_string(config: &mut Value, path: &[&str], default: &str) -> String {
     }
 }
 
-fn make_temp_dir() -> PathBuf {
+/// A fresh directory under the system temp dir (the caller removes it).
+pub fn make_temp_dir() -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

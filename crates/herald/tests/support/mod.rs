@@ -12,6 +12,7 @@
 //! a message saying what was awaited. Use with `#[macro_use] mod support;`.
 #![allow(dead_code, unused_macros)]
 
+pub mod engines;
 pub mod raw;
 pub mod streams;
 use std::collections::VecDeque;
@@ -143,6 +144,28 @@ impl Api {
         (status, text)
     }
 
+    /// `GET <path>`: HTTP status and body text.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let resp = tokio::time::timeout(WAIT, self.http.get(format!("{}{path}", self.base)).send())
+            .await
+            .unwrap_or_else(|_| panic!("GET {path}: no response within {WAIT:?}"))
+            .unwrap_or_else(|e| panic!("GET {path}: request failed: {e}"));
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+
+    /// The value of one sample of `GET /metrics` (`series` as written there, labels
+    /// included); 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (status, text) = self.get_text("/metrics").await;
+        assert_eq!(status, 200, "GET /metrics");
+        text.lines()
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(s, _)| *s == series)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// `GET <path>`: HTTP status.
     pub async fn get_status(&self, path: &str) -> u16 {
         let resp = tokio::time::timeout(WAIT, self.http.get(format!("{}{path}", self.base)).send())
@@ -169,6 +192,19 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server with `config` (Centrifugo v6 key shapes) merged onto the defaults.
     pub async fn start(config: Value) -> TestServer {
+        Self::start_with(config, Node::new).await
+    }
+
+    /// As [`TestServer::start`], on `engine` (tests wrap the memory engine to slow down or
+    /// lose what a remote broker could).
+    pub async fn start_with_engine(config: Value, engine: herald::engine::Engine) -> TestServer {
+        Self::start_with(config, move |c| Node::with_engine(c, engine)).await
+    }
+
+    async fn start_with(
+        config: Value,
+        build: impl FnOnce(Config) -> Result<std::sync::Arc<Node>, herald::node::StartError>,
+    ) -> TestServer {
         init_tracing();
         let mut full = json!({
             "client": {"token": {"hmac_secret_key": SECRET}},
@@ -189,7 +225,7 @@ impl TestServer {
             .to_string();
         let config: Config = serde_json::from_value(full.clone())
             .unwrap_or_else(|e| panic!("test config does not parse: {e}\n{full:#}"));
-        let node = Node::new(config).unwrap_or_else(|e| panic!("node does not start: {e}"));
+        let node = build(config).unwrap_or_else(|e| panic!("node does not start: {e}"));
         let server = Server::bind(node)
             .await
             .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0: {e}"));
@@ -546,7 +582,8 @@ impl Client {
         }
     }
 
-    fn new_id(&mut self) -> u32 {
+    /// A fresh command id.
+    pub fn new_id(&mut self) -> u32 {
         self.next_id += 1;
         self.next_id
     }
