@@ -18,7 +18,6 @@ use serde_json::{Value, json};
 
 use crate::engine::{ClientInfo, HistoryFilter, Publication, StreamPosition};
 use crate::error::{ClientError, Disconnect};
-use crate::hub::Control;
 use crate::node::{Node, NodeError};
 use crate::protocol::DecodeError;
 use crate::request_body::error_response;
@@ -228,21 +227,14 @@ struct UserChannelRequest {
 }
 
 async fn subscribe(node: &Node, r: UserChannelRequest) -> Result<Value, ClientError> {
-    node.channel_options(&r.channel)?;
-    node.control_user(
-        &r.user,
-        r.client.as_deref(),
-        &Control::Subscribe { channel: r.channel },
-    );
+    node.subscribe_user(&r.user, r.client.as_deref(), &r.channel)
+        .await?;
     Ok(json!({}))
 }
 
 async fn unsubscribe(node: &Node, r: UserChannelRequest) -> Result<Value, ClientError> {
-    node.control_user(
-        &r.user,
-        r.client.as_deref(),
-        &Control::Unsubscribe { channel: r.channel },
-    );
+    node.unsubscribe_user(&r.user, r.client.as_deref(), &r.channel)
+        .await?;
     Ok(json!({}))
 }
 
@@ -277,7 +269,8 @@ async fn disconnect(node: &Node, r: DisconnectRequest) -> Result<Value, ClientEr
         }
         None => Disconnect::FORCE_NO_RECONNECT,
     };
-    node.disconnect_user(&r.user, r.client.as_deref(), &r.whitelist, d);
+    node.disconnect_user(&r.user, r.client.as_deref(), &r.whitelist, &d)
+        .await?;
     Ok(json!({}))
 }
 
@@ -293,14 +286,13 @@ struct RefreshRequest {
 }
 
 async fn refresh(node: &Node, r: RefreshRequest) -> Result<Value, ClientError> {
-    node.control_user(
+    node.refresh_user(
         &r.user,
         r.client.as_deref(),
-        &Control::Refresh {
-            expire_at: r.expire_at,
-            expired: r.expired,
-        },
-    );
+        r.expire_at.filter(|at| *at > 0),
+        r.expired,
+    )
+    .await?;
     Ok(json!({}))
 }
 
@@ -405,7 +397,6 @@ struct ChannelsRequest {
 
 async fn channels(node: &Node, r: ChannelsRequest) -> Result<Value, ClientError> {
     let map: serde_json::Map<String, Value> = node
-        .hub
         .channels()
         .into_iter()
         .filter(|(name, _)| r.pattern.is_empty() || crate::glob::matches(&r.pattern, name))
@@ -415,5 +406,5 @@ async fn channels(node: &Node, r: ChannelsRequest) -> Result<Value, ClientError>
 }
 
 async fn info(node: &Node, _r: Empty) -> Result<Value, ClientError> {
-    Ok(json!({ "nodes": [node.info()] }))
+    Ok(json!({ "nodes": node.nodes() }))
 }

@@ -17,7 +17,6 @@ use tonic::{Request, Response, Status};
 
 use crate::engine::{ClientInfo, HistoryFilter, Publication, StreamPosition};
 use crate::error::{ClientError, Disconnect};
-use crate::hub::Control;
 use crate::node::Node;
 
 /// Generated messages, server and client of `centrifugal.centrifugo.api`.
@@ -210,18 +209,10 @@ impl CentrifugoApi for GrpcApi {
         let r = self.authorize(request)?;
         let outcome = self
             .node
-            .channel_options(&r.channel)
+            .subscribe_user(&r.user, non_empty(&r.client), &r.channel)
+            .await
             .map_err(ClientError::from)
-            .map(|_| {
-                self.node.control_user(
-                    &r.user,
-                    non_empty(&r.client),
-                    &Control::Subscribe {
-                        channel: r.channel.clone(),
-                    },
-                );
-                proto::SubscribeResult {}
-            });
+            .map(|()| proto::SubscribeResult {});
         respond!(SubscribeResponse, outcome)
     }
 
@@ -230,12 +221,13 @@ impl CentrifugoApi for GrpcApi {
         request: Request<proto::UnsubscribeRequest>,
     ) -> Result<Response<proto::UnsubscribeResponse>, Status> {
         let r = self.authorize(request)?;
-        self.node.control_user(
-            &r.user,
-            non_empty(&r.client),
-            &Control::Unsubscribe { channel: r.channel },
-        );
-        respond!(UnsubscribeResponse, Ok(proto::UnsubscribeResult {}))
+        let outcome = self
+            .node
+            .unsubscribe_user(&r.user, non_empty(&r.client), &r.channel)
+            .await
+            .map_err(ClientError::from)
+            .map(|()| proto::UnsubscribeResult {});
+        respond!(UnsubscribeResponse, outcome)
     }
 
     async fn disconnect(
@@ -253,11 +245,15 @@ impl CentrifugoApi for GrpcApi {
             )),
             None => Ok(Disconnect::FORCE_NO_RECONNECT),
         };
-        let outcome = disconnect.map(|d| {
-            self.node
-                .disconnect_user(&r.user, non_empty(&r.client), &r.whitelist, d);
-            proto::DisconnectResult {}
-        });
+        let outcome = match disconnect {
+            Ok(d) => self
+                .node
+                .disconnect_user(&r.user, non_empty(&r.client), &r.whitelist, &d)
+                .await
+                .map_err(ClientError::from)
+                .map(|()| proto::DisconnectResult {}),
+            Err(e) => Err(e),
+        };
         respond!(DisconnectResponse, outcome)
     }
 
@@ -342,19 +338,23 @@ impl CentrifugoApi for GrpcApi {
         request: Request<proto::InfoRequest>,
     ) -> Result<Response<proto::InfoResponse>, Status> {
         self.authorize(request)?;
-        let i = self.node.info();
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        let node = proto::NodeResult {
-            uid: i.uid,
-            name: i.name,
-            version: i.version,
-            num_clients: count(i.num_clients),
-            num_users: count(i.num_users),
-            num_channels: count(i.num_channels),
-            uptime: u32::try_from(i.uptime).unwrap_or(u32::MAX),
-            num_subs: count(i.num_subs),
-        };
-        respond!(InfoResponse, Ok(proto::InfoResult { nodes: vec![node] }))
+        let nodes = self
+            .node
+            .nodes()
+            .into_iter()
+            .map(|i| proto::NodeResult {
+                uid: i.uid,
+                name: i.name,
+                version: i.version,
+                num_clients: count(i.num_clients),
+                num_users: count(i.num_users),
+                num_channels: count(i.num_channels),
+                uptime: u32::try_from(i.uptime).unwrap_or(u32::MAX),
+                num_subs: count(i.num_subs),
+            })
+            .collect();
+        respond!(InfoResponse, Ok(proto::InfoResult { nodes }))
     }
 
     async fn refresh(
@@ -362,15 +362,18 @@ impl CentrifugoApi for GrpcApi {
         request: Request<proto::RefreshRequest>,
     ) -> Result<Response<proto::RefreshResponse>, Status> {
         let r = self.authorize(request)?;
-        self.node.control_user(
-            &r.user,
-            non_empty(&r.client),
-            &Control::Refresh {
-                expire_at: (r.expire_at > 0).then_some(r.expire_at),
-                expired: r.expired,
-            },
-        );
-        respond!(RefreshResponse, Ok(proto::RefreshResult {}))
+        let outcome = self
+            .node
+            .refresh_user(
+                &r.user,
+                non_empty(&r.client),
+                (r.expire_at > 0).then_some(r.expire_at),
+                r.expired,
+            )
+            .await
+            .map_err(ClientError::from)
+            .map(|()| proto::RefreshResult {});
+        respond!(RefreshResponse, outcome)
     }
 
     async fn channels(
@@ -380,7 +383,6 @@ impl CentrifugoApi for GrpcApi {
         let r = self.authorize(request)?;
         let channels = self
             .node
-            .hub
             .channels()
             .into_iter()
             .filter(|(name, _)| r.pattern.is_empty() || crate::glob::matches(&r.pattern, name))

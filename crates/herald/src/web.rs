@@ -355,7 +355,6 @@ async fn demo_rooms(State(web): State<Web>) -> Response {
     );
     let mut rooms: Vec<Value> = web
         .node
-        .hub
         .channels()
         .into_iter()
         .filter_map(|(ch, n)| {
@@ -521,7 +520,7 @@ async fn info(State(web): State<Web>) -> Response {
 
 /// `GET /console/api/channels`: channels with subscribers on this node, most subscribed first.
 async fn channels(State(web): State<Web>) -> Response {
-    let mut list = web.node.hub.channels();
+    let mut list = web.node.channels();
     list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let total = list.len();
     list.truncate(MAX_LIST_ROWS);
@@ -534,13 +533,7 @@ async fn channels(State(web): State<Web>) -> Response {
 
 /// `GET /console/api/connections`: this node's connections (client id and user).
 async fn connections(State(web): State<Web>) -> Response {
-    let mut list: Vec<(String, String)> = web
-        .node
-        .hub
-        .all_clients()
-        .iter()
-        .map(|c| (c.user(), c.client.clone()))
-        .collect();
+    let mut list = web.node.connections();
     list.sort();
     let total = list.len();
     list.truncate(MAX_LIST_ROWS);
@@ -662,14 +655,16 @@ async fn disconnect(State(web): State<Web>, body: Bytes) -> Response {
     if req.user.is_empty() {
         return error(StatusCode::BAD_REQUEST, "user required");
     }
-    let n = web.node.hub.user_clients(&req.user).len();
+    let n = web.node.user_connections(&req.user);
     let d = if req.reconnect {
         Disconnect::FORCE_RECONNECT
     } else {
         Disconnect::FORCE_NO_RECONNECT
     };
-    web.node.disconnect_user(&req.user, None, &[], d);
-    axum::Json(json!({ "disconnected": n })).into_response()
+    match web.node.disconnect_user(&req.user, None, &[], &d).await {
+        Ok(()) => axum::Json(json!({ "disconnected": n })).into_response(),
+        Err(e) => node_error(e),
+    }
 }
 
 #[cfg(test)]
