@@ -303,3 +303,28 @@ async fn flushed_redis_starts_a_new_epoch_and_old_positions_do_not_recover() {
         assert_eq!(sub.offset, 51);
     }
 }
+
+/// A node killed (no drain) while its clients hold subscriptions: they reconnect to the
+/// other node and recover exactly what was published meanwhile, from the shared stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_killed_node_recover_on_another() {
+    let redis = RedisServer::start();
+    let (mut a, b) = (node(&redis), node(&redis));
+    let channel = "chat:node-killed";
+    let (on_a, epoch) = Collector::start(&a, "alice", channel).await;
+    let (first, _) = publish_through(&api(&b), channel, 20, Duration::ZERO, |_| {}).await;
+    let seen = on_a.finish(&first).await;
+    assert_exactly_once_in_order("alice on node A", &seen.got, &first);
+
+    a.kill();
+    let (missed, _) = publish_through(&api(&b), channel, 5, Duration::ZERO, |_| {}).await;
+    assert_eq!(missed.len(), 5);
+
+    let mut c = Client::open_at(b.addr(), Encoding::Json, None).await;
+    c.connect(&support::sign(&b.secret, &json!({"sub": "alice"})))
+        .await;
+    let sub = c.subscribe_cmd(cmd::recover(channel, 20, &epoch)).await;
+    assert!(sub.recovered, "{sub:?}");
+    let offsets: Vec<u64> = sub.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, [21, 22, 23, 24, 25]);
+}
