@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use common::Herald;
 use common::redis_server::RedisServer;
 use herald::protocol::Encoding;
+use herald::protocol::proto;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use support::{Api, Client, cmd, payload_json};
@@ -40,11 +41,21 @@ fn api(h: &Herald) -> Api {
     Api::new(h.base_url(), h.api_key.clone())
 }
 
-/// A subscriber whose publications (the `n` of each) are collected by a task.
+/// A subscriber that behaves as the SDKs do: it keeps the position of its last
+/// publication and, on an unsubscribe push with a code of 2500 or more (the node found a
+/// gap it cannot fill), resubscribes asking to recover from it. A task drives it.
 struct Collector {
-    got: Arc<Mutex<Vec<i64>>>,
+    state: Arc<Mutex<Seen>>,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<Client>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default, Debug)]
+struct Seen {
+    /// The `n` of every publication received, live or recovered.
+    got: Vec<i64>,
+    /// Recoveries asked for, and whether each recovered.
+    recoveries: Vec<bool>,
 }
 
 impl Collector {
@@ -52,50 +63,104 @@ impl Collector {
         let mut c = Client::open_at(h.addr(), Encoding::Json, None).await;
         c.connect(&support::sign(&h.secret, &json!({"sub": user})))
             .await;
-        let sub = c.subscribe_cmd(cmd::recover(channel, 0, "")).await;
-        let got = Arc::new(Mutex::new(Vec::new()));
+        let sub = c.subscribe(channel).await;
+        assert!(sub.recoverable && !sub.epoch.is_empty(), "{sub:?}");
+        let first_epoch = sub.epoch.clone();
+        let state = Arc::new(Mutex::new(Seen::default()));
         let stop = CancellationToken::new();
-        let (g, s, ch) = (got.clone(), stop.clone(), channel.to_string());
+        let (seen, s, ch) = (state.clone(), stop.clone(), channel.to_string());
+        let (mut offset, mut epoch) = (sub.offset, sub.epoch);
         let task = tokio::spawn(async move {
+            let n_of = |p: &proto::Publication| payload_json(&p.data)["n"].as_i64().unwrap();
             while !s.is_cancelled() {
-                if let Some(p) = c.next_push(Duration::from_millis(50)).await {
-                    assert_eq!(p.channel, ch);
-                    assert!(p.unsubscribe.is_none(), "unsubscribed by the server: {p:?}");
-                    if let Some(publication) = p.r#pub {
-                        let n = payload_json(&publication.data)["n"].as_i64().unwrap();
-                        g.lock().push(n);
+                let Some(p) = c.next_push(Duration::from_millis(50)).await else {
+                    continue;
+                };
+                assert_eq!(p.channel, ch);
+                if let Some(publication) = &p.r#pub {
+                    offset = publication.offset;
+                    seen.lock().got.push(n_of(publication));
+                } else if let Some(u) = &p.unsubscribe {
+                    assert!(
+                        u.code >= 2500,
+                        "an unsubscribe the SDK would not recover from: {u:?}"
+                    );
+                    let sub = c.subscribe_cmd(cmd::recover(&ch, offset, &epoch)).await;
+                    let mut seen = seen.lock();
+                    seen.recoveries.push(sub.recovered);
+                    seen.got.extend(sub.publications.iter().map(n_of));
+                    (offset, epoch) = (sub.offset, sub.epoch);
+                    if let Some(last) = sub.publications.last() {
+                        offset = last.offset.max(offset);
                     }
                 }
             }
-            c
         });
-        (Collector { got, stop, task }, sub.epoch)
+        (Collector { state, stop, task }, first_epoch)
     }
 
-    /// Waits until the acknowledged publications arrived (or a bound passed), stops the
-    /// task, and asserts they arrived exactly once and in order.
-    async fn assert_got(self, who: &str, acked: &[i64]) {
+    /// Stops the subscriber once it holds the last acknowledged publication (or a bound
+    /// passed) and returns what it saw.
+    async fn finish(self, acked: &[i64]) -> Seen {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            let got = self.got.lock().clone();
-            if acked.iter().all(|n| got.contains(n)) {
+            // Deliveries keep their order: once the last one is in, so is whatever else
+            // is coming.
+            if acked
+                .last()
+                .is_none_or(|n| self.state.lock().got.contains(n))
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.stop.cancel();
-        self.task.await.expect("collector task");
-        let got = self.got.lock().clone();
-        let of_acked: Vec<i64> = got.iter().copied().filter(|n| acked.contains(n)).collect();
-        let missing: Vec<i64> = acked.iter().copied().filter(|n| !got.contains(n)).collect();
+        self.task.await.expect("subscriber task");
+        std::mem::take(&mut *self.state.lock())
+    }
+
+    /// Asserts every acknowledged publication arrived exactly once and in order, and that
+    /// the subscriber never had to be told it could not recover.
+    async fn assert_got_all(self, who: &str, acked: &[i64]) {
+        let seen = self.finish(acked).await;
+        assert_exactly_once_in_order(who, &seen.got, acked);
         assert!(
-            missing.is_empty(),
-            "{who}: acknowledged publications never delivered: {missing:?}"
+            seen.recoveries.iter().all(|r| *r),
+            "{who}: told it could not recover, though nothing was lost: {seen:?}"
         );
-        assert_eq!(
-            of_acked, acked,
-            "{who}: acknowledged publications must arrive exactly once, in order"
-        );
+    }
+}
+
+/// Every acknowledged publication in `got`, once each, in the order acknowledged.
+fn assert_exactly_once_in_order(who: &str, got: &[i64], acked: &[i64]) {
+    let missing: Vec<i64> = acked.iter().copied().filter(|n| !got.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{who}: acknowledged publications never delivered: {missing:?}"
+    );
+    let of_acked: Vec<i64> = got.iter().copied().filter(|n| acked.contains(n)).collect();
+    assert_eq!(
+        of_acked, acked,
+        "{who}: acknowledged publications must arrive exactly once, in order"
+    );
+}
+
+/// Either every acknowledged publication arrived exactly once and in order, or the
+/// subscriber was told it could not recover; and nothing arrived twice or out of order.
+fn assert_complete_or_told(who: &str, seen: &Seen, acked: &[i64]) {
+    let told = seen.recoveries.iter().any(|r| !*r);
+    let of_acked: Vec<i64> = seen
+        .got
+        .iter()
+        .copied()
+        .filter(|n| acked.contains(n))
+        .collect();
+    assert!(
+        of_acked.windows(2).all(|w| w[0] < w[1]),
+        "{who}: duplicates or disorder: {seen:?}"
+    );
+    if !told {
+        assert_exactly_once_in_order(who, &seen.got, acked);
     }
 }
 
@@ -150,12 +215,12 @@ async fn dropped_pubsub_connections_lose_no_acknowledged_publication() {
         .map(|r| r["offset"].as_u64().unwrap())
         .collect();
     assert_eq!(offsets, (1..=300).collect::<Vec<u64>>());
-    on_a.assert_got("subscriber on node A", &acked).await;
-    on_b.assert_got("subscriber on node B", &acked).await;
+    on_a.assert_got_all("subscriber on node A", &acked).await;
+    on_b.assert_got_all("subscriber on node B", &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_restarted_empty_loses_no_acknowledged_publication() {
+async fn redis_restarted_empty_loses_no_acknowledged_publication_silently() {
     let mut redis = RedisServer::start();
     let (a, b) = (node(&redis), node(&redis));
     let channel = "chat:restart";
@@ -187,8 +252,18 @@ async fn redis_restarted_empty_loses_no_acknowledged_publication() {
         acked.len() >= 150,
         "publishing resumed after the restart: {acked:?}"
     );
-    on_a.assert_got("subscriber on node A", &acked).await;
-    on_b.assert_got("subscriber on node B", &acked).await;
+    let before: Vec<i64> = acked.iter().copied().filter(|n| *n < 60).collect();
+    for (who, c) in [
+        ("subscriber on node A", on_a),
+        ("subscriber on node B", on_b),
+    ] {
+        let seen = c.finish(&acked).await;
+        assert_complete_or_told(who, &seen, &acked);
+        // The stream was lost with Redis: a client cannot know what it missed, so it is
+        // told (recovered: false) instead of skipping silently; what came before, it has.
+        assert_eq!(seen.recoveries, [false], "{who}: {seen:?}");
+        assert_exactly_once_in_order(who, &seen.got[..before.len()], &before);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +287,9 @@ async fn flushed_redis_starts_a_new_epoch_and_old_positions_do_not_recover() {
         results[49]
     );
     assert_ne!(results[49]["epoch"], json!(epoch));
-    on_a.assert_got("subscriber on node A", &acked).await;
+    let seen = on_a.finish(&acked).await;
+    assert_complete_or_told("subscriber on node A", &seen, &acked);
+    assert_eq!(seen.recoveries, [false], "told of the new epoch: {seen:?}");
 
     // A client that was away since offset 40 of the lost stream, on either node, is told
     // it cannot recover.
@@ -225,4 +302,29 @@ async fn flushed_redis_starts_a_new_epoch_and_old_positions_do_not_recover() {
         assert_eq!(sub.epoch, results[99]["epoch"].as_str().unwrap());
         assert_eq!(sub.offset, 51);
     }
+}
+
+/// A node killed (no drain) while its clients hold subscriptions: they reconnect to the
+/// other node and recover exactly what was published meanwhile, from the shared stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_killed_node_recover_on_another() {
+    let redis = RedisServer::start();
+    let (mut a, b) = (node(&redis), node(&redis));
+    let channel = "chat:node-killed";
+    let (on_a, epoch) = Collector::start(&a, "alice", channel).await;
+    let (first, _) = publish_through(&api(&b), channel, 20, Duration::ZERO, |_| {}).await;
+    let seen = on_a.finish(&first).await;
+    assert_exactly_once_in_order("alice on node A", &seen.got, &first);
+
+    a.kill();
+    let (missed, _) = publish_through(&api(&b), channel, 5, Duration::ZERO, |_| {}).await;
+    assert_eq!(missed.len(), 5);
+
+    let mut c = Client::open_at(b.addr(), Encoding::Json, None).await;
+    c.connect(&support::sign(&b.secret, &json!({"sub": "alice"})))
+        .await;
+    let sub = c.subscribe_cmd(cmd::recover(channel, 20, &epoch)).await;
+    assert!(sub.recovered, "{sub:?}");
+    let offsets: Vec<u64> = sub.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, [21, 22, 23, 24, 25]);
 }

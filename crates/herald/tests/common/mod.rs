@@ -228,6 +228,11 @@ impl Herald {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Kills the process (SIGKILL: no drain, no goodbye to its clients or to Redis).
+    pub fn kill(&mut self) {
+        self.stop();
+    }
+
     fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();

@@ -77,10 +77,14 @@ impl Shards {
 
     /// The instance that holds `channel`.
     fn of(&self, channel: &str) -> &Shard {
-        &self.shards[jump_hash(fnv1a(channel.as_bytes()), self.shards.len())]
+        &self.shards[self.index_of(channel)]
     }
 
+    /// The index of that instance in `engine.redis.address`.
     fn index_of(&self, channel: &str) -> usize {
+        if self.shards.len() == 1 {
+            return 0;
+        }
         jump_hash(fnv1a(channel.as_bytes()), self.shards.len())
     }
 }
