@@ -49,21 +49,7 @@ LOG_TAG=compare
 . bench/lib.sh
 
 # --- Centrifugo ---------------------------------------------------------------------------------
-is_pinned_centrifugo() {
-  [ -x "$1" ] && command -v go >/dev/null &&
-    go version -m "$1" 2>/dev/null | grep -Eq "^[[:space:]]+mod[[:space:]]+github.com/centrifugal/centrifugo/v6[[:space:]]+$CENTRIFUGO_VERSION"
-}
-CENTRIFUGO=""
-for c in "$(command -v centrifugo || true)" "$(go env GOPATH 2>/dev/null)/bin/centrifugo" "$HOME/go/bin/centrifugo"; do
-  if [ -n "$c" ] && is_pinned_centrifugo "$c"; then CENTRIFUGO=$c; break; fi
-done
-if [ -z "$CENTRIFUGO" ]; then
-  command -v go >/dev/null || { log "Go is needed to install Centrifugo $CENTRIFUGO_VERSION"; exit 1; }
-  log "go install github.com/centrifugal/centrifugo/v6@$CENTRIFUGO_VERSION"
-  nice -n 10 go install "github.com/centrifugal/centrifugo/v6@$CENTRIFUGO_VERSION"
-  CENTRIFUGO="$(go env GOPATH)/bin/centrifugo"
-  is_pinned_centrifugo "$CENTRIFUGO" || { log "installed $CENTRIFUGO is not $CENTRIFUGO_VERSION"; exit 1; }
-fi
+find_centrifugo
 log "centrifugo: $CENTRIFUGO ($CENTRIFUGO_VERSION)"
 
 # --- Herald and the load generator ---------------------------------------------------------------

@@ -19,6 +19,25 @@ build_binaries() {
   if ! git diff --quiet HEAD -- crates 2>/dev/null; then GIT_REV="$GIT_REV+uncommitted"; fi
 }
 
+# Finds Centrifugo $CENTRIFUGO_VERSION (PATH, then $(go env GOPATH)/bin), or installs it with
+# `go install`; sets CENTRIFUGO.
+is_pinned_centrifugo() {
+  [ -x "$1" ] && command -v go >/dev/null &&
+    go version -m "$1" 2>/dev/null | grep -Eq "^[[:space:]]+mod[[:space:]]+github.com/centrifugal/centrifugo/v6[[:space:]]+$CENTRIFUGO_VERSION"
+}
+find_centrifugo() {
+  CENTRIFUGO=""
+  local c
+  for c in "$(command -v centrifugo || true)" "$(go env GOPATH 2>/dev/null)/bin/centrifugo" "$HOME/go/bin/centrifugo"; do
+    if [ -n "$c" ] && is_pinned_centrifugo "$c"; then CENTRIFUGO=$c; return 0; fi
+  done
+  command -v go >/dev/null || { log "Go is needed to install Centrifugo $CENTRIFUGO_VERSION"; exit 1; }
+  log "go install github.com/centrifugal/centrifugo/v6@$CENTRIFUGO_VERSION"
+  nice -n 10 go install "github.com/centrifugal/centrifugo/v6@$CENTRIFUGO_VERSION"
+  CENTRIFUGO="$(go env GOPATH)/bin/centrifugo"
+  is_pinned_centrifugo "$CENTRIFUGO" || { log "installed $CENTRIFUGO is not $CENTRIFUGO_VERSION"; exit 1; }
+}
+
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # A free port on 127.0.0.1, never one handed out before by this script.

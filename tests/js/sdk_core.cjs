@@ -15,22 +15,7 @@
 // run whatever happens, so the script always stops by itself.
 'use strict';
 
-const path = require('path');
-
-function loadDeps() {
-  try {
-    return {
-      Centrifuge: require('centrifuge').Centrifuge,
-      WebSocket: require('ws'),
-      // Only the SSE transport needs an EventSource.
-      EventSource: process.argv.includes('sse') ? require('eventsource') : null,
-    };
-  } catch (e) {
-    console.log(`cannot load the JS dependencies (${e.message}): run \`npm ci --prefix ${path.relative(process.cwd(), __dirname) || '.'}\``);
-    console.log('0 passed, 1 failed');
-    process.exit(2);
-  }
-}
+const { loadDeps, createRun, sleep, waitFor, settle, apiClient } = require('./harness.cjs');
 
 function parseArgs(argv) {
   const out = {};
@@ -69,77 +54,11 @@ function tokenSubject(token) {
   }
 }
 
-const { Centrifuge, WebSocket, EventSource } = loadDeps();
+const { Centrifuge, WebSocket, EventSource } = loadDeps({ eventsource: process.argv.includes('sse') });
 const args = parseArgs(process.argv.slice(2));
 const CHANNEL = `chat:sdk-${process.pid}`;
-const WATCHDOG_MS = 60000;
-
-let passed = 0;
-let failed = 0;
-const clients = [];
-
-function check(name, ok, detail) {
-  if (ok) {
-    passed++;
-    console.log(`ok   ${name}`);
-  } else {
-    failed++;
-    console.log(`FAIL ${name} :: ${typeof detail === 'string' ? detail : JSON.stringify(detail)}`);
-  }
-  return ok;
-}
-
-function finish() {
-  for (const c of clients) {
-    try { c.disconnect(); } catch (_) { /* closing anyway */ }
-  }
-  console.log(`${passed} passed, ${failed} failed`);
-  process.exit(failed === 0 && passed > 0 ? 0 : 1);
-}
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-// Polls pred every 10 ms until it holds or ms pass; returns whether it held.
-async function waitFor(pred, ms) {
-  const end = Date.now() + ms;
-  for (;;) {
-    if (pred()) return true;
-    if (Date.now() >= end) return false;
-    await sleep(10);
-  }
-}
-
-// Resolves to the promise's value, or to {error} when it rejects or takes longer than ms.
-async function settle(promise, ms) {
-  let timer;
-  const timeout = new Promise((resolve) => { timer = setTimeout(() => resolve({ error: `no answer in ${ms} ms` }), ms); });
-  try {
-    return await Promise.race([promise.then((value) => ({ value }), (error) => ({ error })), timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-async function api(method, body) {
-  const controller = new AbortController();
-  const timer = setTimeout(() => controller.abort(), 5000);
-  try {
-    const res = await fetch(`${args.api}/api/${method}`, {
-      method: 'POST',
-      headers: { 'X-API-Key': args.apiKey, 'Content-Type': 'application/json' },
-      body: JSON.stringify(body),
-      signal: controller.signal,
-    });
-    const text = await res.text();
-    let json = null;
-    try { json = JSON.parse(text); } catch (_) { /* reported below */ }
-    return { status: res.status, json, text };
-  } catch (e) {
-    return { status: 0, json: null, text: String(e) };
-  } finally {
-    clearTimeout(timer);
-  }
-}
+const { check, clients, run } = createRun({ watchdogMs: 60000 });
+const api = apiClient(args.api, args.apiKey);
 
 const apiOk = (r) => r.status === 200 && r.json !== null && !r.json.error && typeof r.json.result === 'object';
 const dataOf = (pubs) => pubs.map((p) => (p.data && p.data.n !== undefined ? p.data.n : p.data));
@@ -341,14 +260,4 @@ async function unknownNamespace(c1) {
     { client: c1.state, subs: others.map((s) => [s.channel, s.state]) });
 }
 
-const watchdog = setTimeout(() => {
-  check('finish within the time limit', false, `still running after ${WATCHDOG_MS} ms`);
-  finish();
-}, WATCHDOG_MS);
-
-main()
-  .catch((e) => check('run without crashing', false, (e && e.stack) || String(e)))
-  .finally(() => {
-    clearTimeout(watchdog);
-    finish();
-  });
+run(main);

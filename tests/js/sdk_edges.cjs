@@ -18,17 +18,7 @@
 'use strict';
 
 const crypto = require('crypto');
-const path = require('path');
-
-function loadDeps() {
-  try {
-    return { Centrifuge: require('centrifuge').Centrifuge, WebSocket: require('ws') };
-  } catch (e) {
-    console.log(`cannot load the JS dependencies (${e.message}): run \`npm ci --prefix ${path.relative(process.cwd(), __dirname) || '.'}\``);
-    console.log('0 passed, 1 failed');
-    process.exit(2);
-  }
-}
+const { loadDeps, createRun, sleep, waitFor, settle, apiClient } = require('./harness.cjs');
 
 function parseArgs(argv) {
   const out = {};
@@ -50,72 +40,6 @@ function usage(msg) {
   console.error(`${msg}\nusage: node sdk_edges.cjs --ws URL --api BASE --api-key KEY --secret SECRET ` +
     `--case ${Object.keys(CASES).join('|')}`);
   process.exit(2);
-}
-
-const WATCHDOG_MS = 30000;
-let passed = 0;
-let failed = 0;
-const clients = [];
-
-function check(name, ok, detail) {
-  if (ok) {
-    passed++;
-    console.log(`ok   ${name}`);
-  } else {
-    failed++;
-    console.log(`FAIL ${name} :: ${typeof detail === 'string' ? detail : JSON.stringify(detail)}`);
-  }
-  return ok;
-}
-
-function finish() {
-  for (const c of clients) {
-    try { c.disconnect(); } catch (_) { /* closing anyway */ }
-  }
-  console.log(`${passed} passed, ${failed} failed`);
-  process.exit(failed === 0 && passed > 0 ? 0 : 1);
-}
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitFor(pred, ms) {
-  const end = Date.now() + ms;
-  for (;;) {
-    if (pred()) return true;
-    if (Date.now() >= end) return false;
-    await sleep(10);
-  }
-}
-
-async function settle(promise, ms) {
-  let timer;
-  const timeout = new Promise((resolve) => { timer = setTimeout(() => resolve({ error: `no answer in ${ms} ms` }), ms); });
-  try {
-    return await Promise.race([promise.then((value) => ({ value }), (error) => ({ error })), timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-async function api(method, body) {
-  const controller = new AbortController();
-  const timer = setTimeout(() => controller.abort(), 5000);
-  try {
-    const res = await fetch(`${args.api}/api/${method}`, {
-      method: 'POST',
-      headers: { 'X-API-Key': args.apiKey, 'Content-Type': 'application/json' },
-      body: JSON.stringify(body),
-      signal: controller.signal,
-    });
-    const text = await res.text();
-    let json = null;
-    try { json = JSON.parse(text); } catch (_) { /* reported by the caller */ }
-    return { status: res.status, json, text };
-  } catch (e) {
-    return { status: 0, json: null, text: String(e) };
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 // An HS256 JWT signed with --secret.
@@ -229,16 +153,8 @@ async function emptyChannelCase() {
 const CASES = { nbf: nbfCase, 'empty-channel': emptyChannelCase };
 const { Centrifuge, WebSocket } = loadDeps();
 const args = parseArgs(process.argv.slice(2));
-
-const watchdog = setTimeout(() => {
-  check('finish within the time limit', false, `still running after ${WATCHDOG_MS} ms`);
-  finish();
-}, WATCHDOG_MS);
+const { check, clients, run } = createRun({ watchdogMs: 30000 });
+const api = apiClient(args.api, args.apiKey);
 
 console.log(`# centrifuge-js against ${args.ws}, case ${args.case}`);
-CASES[args.case]()
-  .catch((e) => check('run without crashing', false, (e && e.stack) || String(e)))
-  .finally(() => {
-    clearTimeout(watchdog);
-    finish();
-  });
+run(CASES[args.case]);

@@ -170,6 +170,9 @@ pub struct Target {
     pub uni_grpc_addr: SocketAddr,
     /// Where the gRPC server API is served (Herald: `addr`; Centrifugo: port 10000).
     pub grpc_api_addr: SocketAddr,
+    /// The nodes subscribers connect to, round robin (`addr` first; more when several nodes
+    /// share a broker). Publications always go to `addr`'s API.
+    pub nodes: Vec<SocketAddr>,
     /// `http_api.key` (and the gRPC API key).
     pub api_key: String,
     /// `client.token.hmac_secret_key`, to sign connection tokens.
@@ -247,6 +250,8 @@ pub struct ClientSpec {
     pub channel_idx: u32,
     /// Source address to connect from.
     pub source: Option<IpAddr>,
+    /// The node to connect to (its HTTP listener; `/emulation` goes there too).
+    pub addr: SocketAddr,
     /// Reconnect and recover after a server disconnect.
     pub reconnect: bool,
     /// Decode every message to keep the stream position (needed to recover).
@@ -589,7 +594,11 @@ async fn session(conn: &mut Conn) -> End {
         };
         if transport.bidirectional() {
             if let Link::Body { emulation, .. } = &mut link {
-                *emulation = Some((connected.session.clone(), connected.node.clone()));
+                *emulation = Some((
+                    connected.session.clone(),
+                    connected.node.clone(),
+                    conn.spec.addr,
+                ));
             }
             let cmd = conn.subscribe_command();
             link.send(&shared, cmd).await.map_err(End::Failed)?;
@@ -693,8 +702,8 @@ enum Link {
     Body {
         body: Incoming,
         framer: Framer,
-        /// Session and node for `/emulation` (bidirectional emulation only).
-        emulation: Option<(String, String)>,
+        /// Session, node and address for `/emulation` (bidirectional emulation only).
+        emulation: Option<(String, String, SocketAddr)>,
         protobuf: bool,
         _conn: AbortOnDrop,
     },
@@ -797,7 +806,7 @@ impl Link {
                 protobuf,
                 ..
             } => {
-                let Some((session, node)) = emulation else {
+                let Some((session, node, addr)) = emulation else {
                     return Err("no emulation session".into());
                 };
                 let (body, ct) = if *protobuf {
@@ -815,7 +824,7 @@ impl Link {
                     let v = serde_json::json!({"session": session, "node": node, "data": data});
                     (Bytes::from(v.to_string()), "application/json")
                 };
-                let uri = format!("http://{}/emulation", shared.target.addr);
+                let uri = format!("http://{addr}/emulation");
                 let req = http::Request::post(uri)
                     .header(http::header::CONTENT_TYPE, ct)
                     .body(Full::new(body))
@@ -942,10 +951,10 @@ async fn open(conn: &mut Conn) -> Result<Link, End> {
             } else {
                 "/connection/websocket"
             };
-            let tcp = connect_tcp(src, t.addr)
+            let tcp = connect_tcp(src, conn.spec.addr)
                 .await
                 .map_err(|e| fail("TCP connect", &e))?;
-            let uri: http::Uri = format!("ws://{}{path}", t.addr)
+            let uri: http::Uri = format!("ws://{}{path}", conn.spec.addr)
                 .parse()
                 .map_err(|e| fail("URI", &e))?;
             let mut builder = ClientBuilder::from_uri(uri).limits(Limits::unlimited());
@@ -1043,15 +1052,16 @@ async fn open(conn: &mut Conn) -> Result<Link, End> {
                     )
                 }
             };
-            let tcp = connect_tcp(src, t.addr)
+            let tcp = connect_tcp(src, conn.spec.addr)
                 .await
                 .map_err(|e| fail("TCP connect", &e))?;
             let io = TokioIo::new(Counted::new(tcp, counter));
             let mut req = http::Request::builder().method(method);
             req = if h2 {
-                req.uri(format!("http://{}{path}", t.addr))
+                req.uri(format!("http://{}{path}", conn.spec.addr))
             } else {
-                req.uri(path).header(http::header::HOST, t.addr.to_string())
+                req.uri(path)
+                    .header(http::header::HOST, conn.spec.addr.to_string())
             };
             let header = if ct == "text/event-stream" {
                 http::header::ACCEPT
@@ -1109,7 +1119,7 @@ async fn open(conn: &mut Conn) -> Result<Link, End> {
         }
         Transport::UniGrpc | Transport::Grpc => {
             let uni = conn.spec.transport == Transport::UniGrpc;
-            let addr = if uni { t.uni_grpc_addr } else { t.addr };
+            let addr = if uni { t.uni_grpc_addr } else { conn.spec.addr };
             let channel = grpc_channel(src, addr, counter)
                 .await
                 .map_err(|e| fail("gRPC connect", &e))?;

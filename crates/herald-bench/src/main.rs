@@ -165,6 +165,9 @@ enum Cmd {
         /// of the section that these results do not have are kept, marked with their run.
         #[arg(long)]
         doc: Option<PathBuf>,
+        /// Name of the generated section (its markers name it and `bench/<name>.sh`).
+        #[arg(long, default_value = "compare")]
+        section: String,
     },
     /// Writes the measured rows of the transport table (docs/transports.md) from a directory of
     /// `<transport>-<scenario>.json` results (bench/transports.sh).
@@ -187,6 +190,10 @@ struct CommonArgs {
     /// Server address (HTTP listener: transports, HTTP API).
     #[arg(long, default_value = "127.0.0.1:8000", env = "BENCH_ADDR")]
     addr: SocketAddr,
+    /// More nodes of the same cluster (comma-separated): subscribers spread over --addr and
+    /// these, round robin; publications still go to --addr's API.
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<SocketAddr>,
     /// Address of the uni gRPC server (default: --addr; Centrifugo: its uni_grpc.port).
     #[arg(long)]
     uni_grpc_addr: Option<SocketAddr>,
@@ -263,6 +270,9 @@ impl CommonArgs {
                 addr: self.addr,
                 uni_grpc_addr: self.uni_grpc_addr.unwrap_or(self.addr),
                 grpc_api_addr: self.grpc_api_addr.unwrap_or(self.addr),
+                nodes: std::iter::once(self.addr)
+                    .chain(self.nodes.iter().copied())
+                    .collect(),
                 api_key: self.api_key.clone(),
                 secret: self.secret.clone(),
             },
@@ -309,7 +319,8 @@ fn main() -> ExitCode {
             other,
             preamble,
             doc,
-        } => return compare(&herald, &other, preamble, doc),
+            section,
+        } => return compare(&herald, &other, preamble, doc, &section),
         Cmd::TransportsTable {
             results,
             doc,
@@ -489,6 +500,7 @@ fn compare(
     other: &[PathBuf],
     preamble: Option<PathBuf>,
     doc: Option<PathBuf>,
+    section: &str,
 ) -> ExitCode {
     let (h, o) = match (read_reports(herald), read_reports(other)) {
         (Ok(h), Ok(o)) => (h, o),
@@ -507,14 +519,16 @@ fn compare(
             print!("{text}");
         }
         Some(path) => {
-            const CHART: &str = "img/compare-fanout.svg";
+            let chart = format!("img/{section}-fanout.svg");
             let chart_link = report::fanout_chart(&h, &o)
-                .filter(|svg| write_chart(&path, CHART, svg, "compare"))
-                .map(|_| CHART);
+                .filter(|svg| write_chart(&path, &chart, svg, "compare"))
+                .map(|_| chart.as_str());
             text.push_str(&report::compare(&h, &o, chart_link));
             let old = std::fs::read_to_string(&path).unwrap_or_default();
-            let text = report::keep_earlier(&old, &text);
-            if let Err(e) = std::fs::write(&path, report::splice(&old, &text)) {
+            let (begin, end) = report::markers(section);
+            let text = report::keep_earlier_in(&old, &begin, &end, &text);
+            let new = report::splice_between(&old, &begin, &end, &text);
+            if let Err(e) = std::fs::write(&path, new) {
                 eprintln!("herald-bench compare: {}: {e}", path.display());
                 return ExitCode::from(2);
             }

@@ -199,7 +199,7 @@ pub struct ServerInfo {
     pub name: String,
     /// Version.
     pub version: String,
-    /// Address.
+    /// Address; the nodes' addresses, comma-separated, when subscribers spread over several.
     pub addr: String,
     /// PID when given.
     pub pid: Option<u32>,
@@ -530,6 +530,7 @@ impl Run {
             channel: self.pubs.channels[channel_idx].clone(),
             channel_idx: channel_idx as u32,
             source,
+            addr: self.common.target.nodes[id % self.common.target.nodes.len()],
             reconnect,
             track_positions: reconnect,
             reconnect_jitter_ms: jitter_ms,
@@ -725,7 +726,13 @@ pub async fn run(common: &Common, scenario: &Scenario) -> Report {
         server: ServerInfo {
             name: common.server_name.clone(),
             version,
-            addr: common.target.addr.to_string(),
+            addr: common
+                .target
+                .nodes
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
             pid: common.server_pid,
         },
         machine,

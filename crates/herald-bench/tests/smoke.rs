@@ -95,6 +95,7 @@ impl Server {
                 addr: self.addr,
                 uni_grpc_addr: self.addr,
                 grpc_api_addr: self.addr,
+                nodes: vec![self.addr],
                 api_key: API_KEY.into(),
                 secret: SECRET.into(),
             },

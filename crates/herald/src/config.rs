@@ -188,6 +188,8 @@ pub struct Config {
     pub demo: EnabledFlag,
     /// The web console at `/console`, as Centrifugo's admin web interface.
     pub admin: AdminConfig,
+    /// What SIGTERM does: the drain of a node (rolling restarts).
+    pub shutdown: ShutdownConfig,
 }
 
 impl Default for Config {
@@ -213,6 +215,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             demo: EnabledFlag::default(),
             admin: AdminConfig::default(),
+            shutdown: ShutdownConfig::default(),
         }
     }
 }
@@ -562,6 +565,243 @@ pub struct EngineConfig {
     /// `engine.type`. Default `memory`.
     #[serde(rename = "type")]
     pub kind: EngineType,
+    /// `engine.redis.*`: read when `engine.type` is `redis`.
+    pub redis: RedisConfig,
+}
+
+/// `engine.redis.*`, Centrifugo v6's keys.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisConfig {
+    /// `engine.redis.address`: one address (a string) or several (a list). Each is
+    /// `redis://[user[:password]@]host[:port][/db]`, `rediss://…` (TLS) or a bare
+    /// `host:port`. Several addresses shard channels over independent Redis instances
+    /// by consistent hashing of the channel name. Default `["redis://127.0.0.1:6379"]`.
+    #[serde(deserialize_with = "string_or_list")]
+    pub address: Vec<String>,
+    /// `engine.redis.prefix`: starts every Redis key and PUB/SUB channel Herald uses, so
+    /// that several setups can share one Redis. Default `"herald"` (Centrifugo:
+    /// `"centrifugo"`).
+    pub prefix: String,
+    /// `engine.redis.connect_timeout`: time to establish a connection. Default `1s`.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// `engine.redis.io_timeout`: time one request (a publish, a history read, …) may
+    /// take before it fails. Default `4s`.
+    #[serde(with = "duration")]
+    pub io_timeout: Duration,
+    /// `engine.redis.db`: database number, for addresses that do not name one. Redis
+    /// PUB/SUB ignores databases: setups sharing a Redis need different prefixes.
+    /// Default `0`.
+    pub db: i64,
+    /// `engine.redis.user`: ACL user, for addresses that do not name one. Default `""`.
+    pub user: String,
+    /// `engine.redis.password`: password, for addresses that do not carry one.
+    /// Default `""`.
+    pub password: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            address: vec!["redis://127.0.0.1:6379".to_owned()],
+            prefix: "herald".to_owned(),
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(4),
+            db: 0,
+            user: String::new(),
+            password: String::new(),
+        }
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field(
+                "address",
+                &self
+                    .shards()
+                    .map(|s| s.iter().map(|a| a.to_string()).collect::<Vec<_>>()),
+            )
+            .field("prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("io_timeout", &self.io_timeout)
+            .field("db", &self.db)
+            .field("user", &self.user)
+            .field("password", &redacted(&self.password))
+            .finish()
+    }
+}
+
+/// One Redis instance Herald talks to: an entry of `engine.redis.address`, with the
+/// defaults of `engine.redis.*` filled in.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisAddress {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// `rediss://`: TLS.
+    pub tls: bool,
+    /// Database number.
+    pub db: i64,
+    /// ACL user ("" for none).
+    pub user: String,
+    /// Password ("" for none).
+    pub password: String,
+}
+
+impl fmt::Display for RedisAddress {
+    /// The address without its password, for logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        write!(f, "{scheme}://")?;
+        if !self.user.is_empty() {
+            write!(f, "{}@", self.user)?;
+        }
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        write!(f, "{host}:{}/{}", self.port, self.db)
+    }
+}
+
+impl fmt::Debug for RedisAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl RedisConfig {
+    /// The instances `address` names, in order (the shard order), or what is wrong
+    /// with the first address that does not parse.
+    pub fn shards(&self) -> Result<Vec<RedisAddress>, String> {
+        if self.address.is_empty() {
+            return Err("at least one address is required".to_owned());
+        }
+        self.address.iter().map(|a| self.parse_address(a)).collect()
+    }
+
+    fn parse_address(&self, raw: &str) -> Result<RedisAddress, String> {
+        let text = raw.trim();
+        let with_scheme = if text.contains("://") {
+            text.to_owned()
+        } else {
+            format!("redis://{text}")
+        };
+        let shown = |why: &str| format!("{}: {why}", redact_url(text));
+        let url = url::Url::parse(&with_scheme).map_err(|e| shown(&e.to_string()))?;
+        let tls = match url.scheme() {
+            "redis" => false,
+            "rediss" => true,
+            "redis+sentinel" | "rediss+sentinel" => {
+                return Err(shown("Redis Sentinel is not supported yet"));
+            }
+            other => {
+                return Err(shown(&format!(
+                    "unknown scheme {other:?}, expected redis:// or rediss://"
+                )));
+            }
+        };
+        if tls {
+            return Err(shown("TLS (rediss://) is not supported yet"));
+        }
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            Some(h) => h.to_string(),
+            None => return Err(shown("no host")),
+        };
+        if host.is_empty() {
+            return Err(shown("no host"));
+        }
+        let port = url.port().unwrap_or(6379);
+        let db = match url.path().trim_matches('/') {
+            "" => self.db,
+            db => db
+                .parse::<i64>()
+                .ok()
+                .filter(|d| *d >= 0)
+                .ok_or_else(|| shown(&format!("database {db:?} is not a number")))?,
+        };
+        let decode = |s: &str| {
+            percent_decode(s).ok_or_else(|| shown("user or password is not valid percent-encoding"))
+        };
+        let user = if url.username().is_empty() {
+            self.user.clone()
+        } else {
+            decode(url.username())?
+        };
+        let password = match url.password() {
+            Some(p) => decode(p)?,
+            None => self.password.clone(),
+        };
+        if let Some((key, _)) = url.query_pairs().next() {
+            return Err(shown(&format!("unsupported address parameter {key:?}")));
+        }
+        Ok(RedisAddress {
+            host,
+            port,
+            tls,
+            db,
+            user,
+            password,
+        })
+    }
+}
+
+/// `s` with the password of a URL replaced, for error messages.
+fn redact_url(s: &str) -> String {
+    match (s.find("://"), s.rfind('@')) {
+        (Some(start), Some(at)) if at > start => {
+            let userinfo = &s[start + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:<redacted>{}",
+                    &s[..start + 3],
+                    &userinfo[..colon],
+                    &s[at..]
+                ),
+                None => s.to_owned(),
+            }
+        }
+        _ => s.to_owned(),
+    }
+}
+
+/// Decodes `%XX` escapes (URL user info); `None` for a malformed escape or non-UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A list of strings given as a list or as one string (Centrifugo accepts both for
+/// `engine.redis.address`).
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// The engine implementations `engine.type` names.
@@ -571,7 +811,8 @@ pub enum EngineType {
     /// One process, no external service.
     #[default]
     Memory,
-    /// Redis-backed; accepted by the parser, rejected by validation until it exists.
+    /// Redis (and Redis-compatible stores): history, positions, presence and PUB/SUB
+    /// shared by every node on the same Redis.
     Redis,
 }
 
@@ -948,6 +1189,34 @@ pub struct EnabledFlag {
     pub enabled: bool,
 }
 
+/// `shutdown.*`: the drain on SIGTERM or SIGINT. The listeners close at once (a proxy's
+/// health check then sends new clients to the other nodes); connected clients are told to
+/// reconnect (disconnect 3001, reconnect allowed) spread over `reconnect_spread`, so that
+/// they arrive at the other nodes over that window rather than all at once, and are served
+/// until then; the process exits once they are gone or `timeout` passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShutdownConfig {
+    /// The longest drain, from the signal to the exit; clients still connected then are
+    /// dropped. As Centrifugo's `shutdown.timeout`. Default `30s`.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// The window over which connected clients are told to reconnect, evenly; `0` tells
+    /// them all at once (a single node restarting in place). Herald only (Centrifugo tells
+    /// them all at once). Must be less than `timeout`. Default `5s`.
+    #[serde(with = "duration")]
+    pub reconnect_spread: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            timeout: Duration::from_secs(30),
+            reconnect_spread: Duration::from_secs(5),
+        }
+    }
+}
+
 /// `node.*`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -1273,14 +1542,25 @@ impl Config {
                 ),
             ));
         }
-        if self.engine.kind != EngineType::Memory {
-            return Err(ConfigError::invalid(
-                "engine.type",
-                format!(
-                    "engine {:?} is not available in this version of Herald; only \"memory\" is",
-                    self.engine.kind.to_string()
-                ),
-            ));
+        if self.engine.kind == EngineType::Redis {
+            let redis = &self.engine.redis;
+            redis
+                .shards()
+                .map_err(|e| ConfigError::invalid("engine.redis.address", e))?;
+            if redis.prefix.is_empty() || redis.prefix.contains(['{', '}']) {
+                return Err(ConfigError::invalid(
+                    "engine.redis.prefix",
+                    "must be non-empty and hold no '{' or '}' (Redis Cluster hash tags)",
+                ));
+            }
+            for (key, d) in [
+                ("engine.redis.connect_timeout", redis.connect_timeout),
+                ("engine.redis.io_timeout", redis.io_timeout),
+            ] {
+                if d.is_zero() {
+                    return Err(ConfigError::invalid(key, "must be greater than 0"));
+                }
+            }
         }
 
         let tls = &self.http_server.tls;
@@ -1304,6 +1584,21 @@ impl Config {
             return Err(ConfigError::invalid(
                 "http_server.write_timeout",
                 "must be greater than 0",
+            ));
+        }
+        if self.shutdown.timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "shutdown.timeout",
+                "must be greater than 0",
+            ));
+        }
+        if self.shutdown.reconnect_spread >= self.shutdown.timeout {
+            return Err(ConfigError::invalid(
+                "shutdown.reconnect_spread",
+                format!(
+                    "must be less than shutdown.timeout ({})",
+                    duration::format(self.shutdown.timeout)
+                ),
             ));
         }
         for (key, value) in [
@@ -2086,6 +2381,55 @@ mod tests {
         Config::load_with_env(None, env(pairs))
     }
 
+    #[test]
+    fn redis_address_is_a_string_or_a_list() {
+        let (cfg, warnings) = load_str(
+            "json",
+            r#"{"engine": {"type": "redis", "redis": {"address": "redis://:p%40ss@10.0.0.1:7000/2", "prefix": "x"}}}"#,
+        )
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(cfg.engine.kind, EngineType::Redis);
+        let shards = cfg.engine.redis.shards().unwrap();
+        assert_eq!(shards.len(), 1);
+        let s = &shards[0];
+        assert_eq!((s.host.as_str(), s.port, s.db), ("10.0.0.1", 7000, 2));
+        assert_eq!(s.password, "p@ss");
+        assert_eq!(
+            s.to_string(),
+            "redis://10.0.0.1:7000/2",
+            "no password shown"
+        );
+        assert!(!format!("{:?}", cfg.engine.redis).contains("p@ss"));
+
+        let (cfg, _) = load_str(
+            "yaml",
+            "engine:\n  type: redis\n  redis:\n    address: [\"127.0.0.1:6380\", \"redis://u@h2\"]\n    db: 3\n    password: pw\n",
+        )
+        .unwrap();
+        let shards = cfg.engine.redis.shards().unwrap();
+        assert_eq!(shards.len(), 2);
+        assert_eq!((shards[0].port, shards[0].db), (6380, 3));
+        assert_eq!(shards[0].password, "pw");
+        assert_eq!(
+            (
+                shards[1].host.as_str(),
+                shards[1].port,
+                shards[1].user.as_str()
+            ),
+            ("h2", 6379, "u")
+        );
+
+        let (cfg, _) = load_env(&[
+            ("HERALD_ENGINE_TYPE", "redis"),
+            ("HERALD_ENGINE_REDIS_ADDRESS", "redis://a:1 redis://b:2"),
+            ("HERALD_ENGINE_REDIS_IO_TIMEOUT", "250ms"),
+        ])
+        .unwrap();
+        assert_eq!(cfg.engine.redis.address, ["redis://a:1", "redis://b:2"]);
+        assert_eq!(cfg.engine.redis.io_timeout, Duration::from_millis(250));
+    }
+
     fn validation_error(cfg: &Config) -> String {
         cfg.validate()
             .expect_err("config should be invalid")
@@ -2667,8 +3011,31 @@ force_recovery = true
 
         let mut cfg = Config::default();
         cfg.engine.kind = EngineType::Redis;
-        assert!(
-            validation_error(&cfg).starts_with("engine.type: engine \"redis\" is not available")
+        cfg.validate()
+            .expect("redis with the default address is valid");
+        cfg.engine.redis.address = vec!["mysql://127.0.0.1".to_owned()];
+        assert_eq!(
+            validation_error(&cfg),
+            "engine.redis.address: mysql://127.0.0.1: unknown scheme \"mysql\", expected redis:// or rediss://"
+        );
+        cfg.engine.redis.address = vec!["redis://u:secret@127.0.0.1:6379/x".to_owned()];
+        assert_eq!(
+            validation_error(&cfg),
+            "engine.redis.address: redis://u:<redacted>@127.0.0.1:6379/x: database \"x\" is not a number"
+        );
+        cfg.engine.redis.address = vec![];
+        assert_eq!(
+            validation_error(&cfg),
+            "engine.redis.address: at least one address is required"
+        );
+        cfg.engine.redis.address = vec!["127.0.0.1:7000".to_owned()];
+        cfg.engine.redis.prefix = "a{b}".to_owned();
+        assert!(validation_error(&cfg).starts_with("engine.redis.prefix: "));
+        cfg.engine.redis.prefix = "herald".to_owned();
+        cfg.engine.redis.io_timeout = Duration::ZERO;
+        assert_eq!(
+            validation_error(&cfg),
+            "engine.redis.io_timeout: must be greater than 0"
         );
 
         let mut cfg = Config::default();

@@ -758,11 +758,27 @@ impl Node {
         self.shutdown.is_cancelled()
     }
 
-    /// Begins shutdown: every client is told to reconnect (elsewhere or later).
-    pub fn shutdown(&self) {
+    /// Begins shutdown: new connects are refused and every client is told to reconnect
+    /// (disconnect 3001), spread evenly over `spread` in a random order so that they arrive
+    /// at the other nodes over that window instead of all at once. Clients not told yet are
+    /// served meanwhile. Returns once every client was told.
+    pub async fn shutdown(&self, spread: Duration) {
         self.shutdown.cancel();
-        for c in self.hub.all_clients() {
-            c.queue.close(Disconnect::SHUTDOWN);
+        let mut clients = self.hub.all_clients();
+        rand::seq::SliceRandom::shuffle(&mut clients[..], &mut rand::rng());
+        // At most this many waits: finer steps than ~20 ms buy nothing.
+        let steps = clients
+            .len()
+            .clamp(1, (spread.as_millis() / 20).max(1) as usize);
+        let per_step = clients.len().div_ceil(steps).max(1);
+        let pause = spread / steps as u32;
+        for (i, chunk) in clients.chunks(per_step).enumerate() {
+            if i > 0 {
+                tokio::time::sleep(pause).await;
+            }
+            for c in chunk {
+                c.queue.close(Disconnect::SHUTDOWN);
+            }
         }
     }
 }

@@ -26,8 +26,6 @@ use crate::node::Node;
 use crate::request_body::BodyLimit;
 use crate::transport;
 
-/// How long shutdown waits for clients to go after telling them to reconnect.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most one "accept failed" line per this interval (a full descriptor table fails
 /// every accept).
 const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
@@ -309,8 +307,9 @@ impl Server {
         self.tls.is_some()
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, tells every client to
-    /// reconnect (shutdown code), and waits up to a few seconds for connections to drain.
+    /// Serves until `shutdown` resolves, then drains (`shutdown.*`): stops accepting, tells
+    /// every client to reconnect (3001) spread over `shutdown.reconnect_spread`, waits until
+    /// they are gone or `shutdown.timeout` passed, and closes the engine.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let Server {
             node,
@@ -433,9 +432,14 @@ impl Server {
             }
         }
         drop(listeners);
-        tracing::info!("shutting down: telling clients to reconnect");
-        node.shutdown();
-        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        let shutdown = node.config.shutdown.clone();
+        let deadline = tokio::time::Instant::now() + shutdown.timeout;
+        tracing::info!(
+            clients = node.hub.num_clients(),
+            spread = ?shutdown.reconnect_spread,
+            "shutting down: listeners closed, telling clients to reconnect"
+        );
+        let _ = tokio::time::timeout_at(deadline, node.shutdown(shutdown.reconnect_spread)).await;
         while node.hub.num_clients() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -455,7 +459,9 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(http.handshake_timeout);
     let mut h2 = builder.http2();
     h2.timer(TokioTimer::new())
-        .max_concurrent_streams(http.http2_max_concurrent_streams);
+        .max_concurrent_streams(http.http2_max_concurrent_streams)
+        // WebSocket over HTTP/2 (RFC 8441): the extended CONNECT that opens it.
+        .enable_connect_protocol();
     if !http.http2_keepalive_interval.is_zero() {
         h2.keep_alive_interval(http.http2_keepalive_interval)
             .keep_alive_timeout(http.http2_keepalive_interval);

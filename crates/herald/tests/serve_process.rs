@@ -1,7 +1,8 @@
 //! `herald serve` as operators run it, as a process: its log written to a file carries no terminal colour codes,
 //! and a TLS config in Centrifugo v6's shape (`http_server.tls.cert_pem` and `key_pem` as file paths, inline PEM
 //! or base64 of the PEM) starts a server that answers over TLS, while an unusable one stops the start with an
-//! error that names the key.
+//! error that names the key; `herald genconfig` writes a private config with fresh secrets that serves and
+//! signs tokens, and never overwrites a file.
 
 mod common;
 
@@ -40,6 +41,99 @@ fn log_written_to_a_file_has_no_terminal_colour_codes() {
         "the log is a file, not a terminal, yet it carries ANSI escape codes:\n{}",
         log.escape_debug()
     );
+}
+
+#[test]
+fn genconfig_writes_a_private_config_with_fresh_secrets_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = common::make_temp_dir();
+    let (a, b) = (dir.join("a.json"), dir.join("b.json"));
+    for path in [&a, &b] {
+        let out = run_with_timeout(
+            {
+                let mut c = Command::new(herald_bin());
+                c.arg("genconfig").arg("--config").arg(path);
+                c
+            },
+            FAIL_TIMEOUT,
+        );
+        assert!(
+            out.status.is_some_and(|s| s.success()),
+            "genconfig: {}",
+            out.stderr
+        );
+    }
+    let mode = fs::metadata(&a).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the config holds the keys");
+    let read =
+        |p: &Path| -> Value { serde_json::from_str(&fs::read_to_string(p).unwrap()).unwrap() };
+    let (ca, cb) = (read(&a), read(&b));
+    for key in [
+        "/client/token/hmac_secret_key",
+        "/http_api/key",
+        "/admin/password",
+        "/admin/secret",
+    ] {
+        let (va, vb) = (ca.pointer(key), cb.pointer(key));
+        assert!(
+            va.and_then(Value::as_str).is_some_and(|s| s.len() >= 32),
+            "{key}: {ca}"
+        );
+        assert_ne!(va, vb, "{key}: every config gets its own secret");
+    }
+    // Never overwrites.
+    let before = fs::read_to_string(&a).unwrap();
+    let out = run_with_timeout(
+        {
+            let mut c = Command::new(herald_bin());
+            c.arg("genconfig").arg("--config").arg(&a);
+            c
+        },
+        FAIL_TIMEOUT,
+    );
+    assert!(
+        !out.status.is_some_and(|s| s.success()),
+        "an existing file must not be replaced"
+    );
+    assert!(out.stderr.contains("exists"), "{}", out.stderr);
+    assert_eq!(fs::read_to_string(&a).unwrap(), before);
+    // It serves, and gentoken signs with it.
+    let out = run_with_timeout(
+        {
+            let mut c = Command::new(herald_bin());
+            c.arg("gentoken")
+                .arg("--user")
+                .arg("u")
+                .arg("--config")
+                .arg(&a);
+            c
+        },
+        FAIL_TIMEOUT,
+    );
+    assert!(
+        out.status.is_some_and(|s| s.success()) && out.stdout.trim().split('.').count() == 3,
+        "{}",
+        out.stderr
+    );
+    let port = free_port();
+    let mut child = Command::new(herald_bin())
+        .args(["serve", "--config"])
+        .arg(&a)
+        .args(["--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut status = None;
+    while status.is_none() && Instant::now() < deadline {
+        status = common::http_get_status(port, "/health").ok();
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = fs::remove_dir_all(&dir);
+    assert_eq!(status, Some(200));
 }
 
 /// The log file's text once `ready` holds for it (or after a few seconds, as it is then).

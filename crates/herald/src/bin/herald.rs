@@ -1,4 +1,4 @@
-//! The `herald` command: serve, gentoken, checkconfig, version.
+//! The `herald` command: serve, genconfig, gentoken, checkconfig, version.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +37,13 @@ enum Command {
         /// config has none. For trying Herald out: anyone can get a token for any nickname.
         #[arg(long)]
         demo: bool,
+    },
+    /// Write a new configuration file with random secrets (token HMAC key, API key, console
+    /// password and secret), as Centrifugo's genconfig does. Never overwrites a file.
+    Genconfig {
+        /// File to write (JSON).
+        #[arg(long, short, default_value = "config.json")]
+        config: PathBuf,
     },
     /// Print a connection JWT (HS256, signed with client.token.hmac_secret_key) for development.
     Gentoken {
@@ -101,6 +108,7 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("herald {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::Genconfig { config } => genconfig(&config),
         Command::Checkconfig { config } => {
             let (cfg, warnings) = load(Some(&config))?;
             for w in &warnings {
@@ -182,6 +190,34 @@ fn run(cli: Cli) -> Result<(), String> {
             runtime.block_on(serve(cfg))
         }
     }
+}
+
+/// Writes a minimal config with fresh secrets to `path` (created, never overwritten),
+/// readable by its owner only: it holds the keys.
+fn genconfig(path: &std::path::Path) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let secret = herald::auth::generate_secret;
+    let config = serde_json::json!({
+        "client": {
+            "token": {"hmac_secret_key": secret()},
+            "allowed_origins": [],
+        },
+        "admin": {"enabled": false, "password": secret(), "secret": secret()},
+        "http_api": {"key": secret()},
+    });
+    let mut text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
+    text.push('\n');
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!("wrote {} (new secrets; keep it private)", path.display());
+    Ok(())
 }
 
 fn raise_fd_limit() {

@@ -119,21 +119,28 @@ impl MemoryBroker {
         }
     }
 
+    /// The channel's stream; a stream whose position expired (its meta TTL passed since
+    /// the last publication) counts as absent even before the sweep drops it, so that
+    /// the next read or publication starts a new epoch as a remote engine's would.
     fn stream(&self, channel: &str, create: bool) -> Option<Arc<Mutex<Stream>>> {
         let shard = &self.streams[shard_of(channel)];
-        if let Some(s) = shard.read().get(channel) {
+        let now = Instant::now();
+        if let Some(s) = shard.read().get(channel)
+            && s.lock().meta_expires > now
+        {
             return Some(s.clone());
         }
         if !create {
             return None;
         }
-        Some(
-            shard
-                .write()
-                .entry(channel.to_string())
-                .or_insert_with(|| Arc::new(Mutex::new(Stream::new())))
-                .clone(),
-        )
+        let mut shard = shard.write();
+        let stream = shard
+            .entry(channel.to_string())
+            .or_insert_with(|| Arc::new(Mutex::new(Stream::new())));
+        if stream.lock().meta_expires <= now {
+            *stream = Arc::new(Mutex::new(Stream::new()));
+        }
+        Some(stream.clone())
     }
 
     /// Drops expired publications and streams whose position expired. Called periodically.

@@ -4,10 +4,12 @@
 //! (disconnect a user, an emulation frame for a session elsewhere, node announcements).
 //! [`Engine`] holds them with the background work they own and is built from
 //! `engine.type` by [`Engine::build`]; `Node` never names a concrete engine. `memory` is
-//! the single-process default.
+//! the single-process default; `redis` shares channels, history and presence between
+//! nodes.
 
 pub mod control;
 pub mod memory;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -225,9 +227,7 @@ impl Engine {
     pub fn build(config: &crate::config::EngineConfig) -> Result<Engine, EngineError> {
         match config.kind {
             crate::config::EngineType::Memory => Ok(Engine::memory()),
-            crate::config::EngineType::Redis => Err(EngineError::Unavailable(
-                "engine \"redis\" is not available in this version of Herald".into(),
-            )),
+            crate::config::EngineType::Redis => redis::build(&config.redis),
         }
     }
 

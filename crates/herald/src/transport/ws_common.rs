@@ -1,5 +1,7 @@
-//! What both WebSocket transports share: the RFC 6455 handshake over HTTP/1.1 upgrade, the
-//! inbound frame stream and the writer that drains a session's queue.
+//! What both WebSocket transports share: the handshake (RFC 6455 over an HTTP/1.1 upgrade, or
+//! RFC 8441's extended CONNECT on an HTTP/2 stream, so that WebSocket shares an HTTP/2
+//! connection with everything else), the inbound frame stream and the writer that drains a
+//! session's queue.
 
 use std::sync::Arc;
 
@@ -36,8 +38,12 @@ pub struct Accepted {
     pub subprotocol: bool,
 }
 
-/// Validates a WebSocket upgrade request (method, headers, version, Origin) and builds the
+/// Validates a WebSocket opening (method, headers, version, Origin) and builds the
 /// response. `subprotocol` is selected when the client offers it.
+///
+/// HTTP/1.1: a GET with `Upgrade: websocket` and a key, answered 101 with the accept hash.
+/// HTTP/2 (RFC 8441): a CONNECT whose `:protocol` is `websocket`, answered 200; the stream
+/// then carries the WebSocket frames (no key, no hash: the stream is already the client's).
 pub fn accept(
     node: &Node,
     req: &mut Request,
@@ -45,8 +51,15 @@ pub fn accept(
 ) -> Result<Accepted, Box<Response>> {
     let bad = |msg: &'static str| Box::new((StatusCode::BAD_REQUEST, msg).into_response());
     let headers = req.headers();
-    if !header_has_token(headers.get(header::UPGRADE), "websocket")
-        || !header_has_token(headers.get(header::CONNECTION), "upgrade")
+    let extended_connect = req.method() == http::Method::CONNECT
+        && req.version() == http::Version::HTTP_2
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    if !extended_connect
+        && (!header_has_token(headers.get(header::UPGRADE), "websocket")
+            || !header_has_token(headers.get(header::CONNECTION), "upgrade"))
     {
         return Err(bad("expected a WebSocket upgrade request"));
     }
@@ -57,9 +70,10 @@ pub fn accept(
     {
         return Err(bad("unsupported Sec-WebSocket-Version (13 required)"));
     }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    if key.is_none() && !extended_connect {
         return Err(bad("missing Sec-WebSocket-Key"));
-    };
+    }
     if !super::origin_allowed(headers, &node.config.client.allowed_origins) {
         tracing::info!(origin = ?headers.get(header::ORIGIN), "WebSocket origin not allowed");
         return Err(Box::new(
@@ -68,16 +82,21 @@ pub fn accept(
     }
     let selected =
         subprotocol.filter(|p| header_has_token(headers.get(header::SEC_WEBSOCKET_PROTOCOL), p));
-    let mut sha = sha1_smol::Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(WS_GUID.as_bytes());
-    let accept = base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes());
-    let upgrade = hyper::upgrade::on(req);
-    let mut resp = Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::UPGRADE, "websocket")
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    let upgrade = hyper::upgrade::on(&mut *req);
+    let mut resp = match key.filter(|_| !extended_connect) {
+        Some(key) => {
+            let mut sha = sha1_smol::Sha1::new();
+            sha.update(key.as_bytes());
+            sha.update(WS_GUID.as_bytes());
+            let accept = base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes());
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(header::UPGRADE, "websocket")
+                .header(header::CONNECTION, "Upgrade")
+                .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        }
+        None => Response::builder().status(StatusCode::OK),
+    };
     if let Some(p) = selected {
         resp = resp.header(header::SEC_WEBSOCKET_PROTOCOL, p);
     }

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+pub mod redis_server;
+
 /// HMAC secret written into configs that do not set `client.token.hmac_secret_key`.
 pub const DEFAULT_SECRET: &str = "herald-test-secret-0123456789abcdef0123456789";
 /// API key written into configs that do not set `http_api.key`.
@@ -226,6 +228,11 @@ impl Herald {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Kills the process (SIGKILL: no drain, no goodbye to its clients or to Redis).
+    pub fn kill(&mut self) {
+        self.stop();
+    }
+
     fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
@@ -393,7 +400,8 @@ fn ensure_string(config: &mut Value, path: &[&str], default: &str) -> String {
     }
 }
 
-fn make_temp_dir() -> PathBuf {
+/// A fresh directory under the system temp dir (the caller removes it).
+pub fn make_temp_dir() -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

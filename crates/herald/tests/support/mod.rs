@@ -87,6 +87,18 @@ pub struct Api {
 }
 
 impl Api {
+    /// The server API at `base` (`http://127.0.0.1:PORT`) with `key`.
+    pub fn new(base: impl Into<String>, key: impl Into<String>) -> Api {
+        Api {
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("reqwest client"),
+            base: base.into(),
+            key: key.into(),
+        }
+    }
+
     /// `POST /api/<method>` with the right key; asserts HTTP 200 and returns the body.
     pub async fn call(&self, method: &str, body: Value) -> Value {
         let (status, text) = self
@@ -457,15 +469,22 @@ impl Client {
     /// Opens a WebSocket to `server`; `recv_buffer` shrinks the socket's receive buffer
     /// (a client that stops reading then backs up quickly).
     pub async fn open(server: &TestServer, enc: Encoding, recv_buffer: Option<u32>) -> Client {
+        Self::open_at(server.addr, enc, recv_buffer).await
+    }
+
+    /// Like [`Client::open`], to any server on `addr` (a Herald process, for example).
+    pub async fn open_at(addr: SocketAddr, enc: Encoding, recv_buffer: Option<u32>) -> Client {
         let socket = TcpSocket::new_v4().expect("socket");
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
         }
-        let stream = tokio::time::timeout(WAIT, socket.connect(server.addr))
+        let stream = tokio::time::timeout(WAIT, socket.connect(addr))
             .await
             .expect("TCP connect timed out")
-            .unwrap_or_else(|e| panic!("TCP connect to {}: {e}", server.addr));
-        let uri: http::Uri = server.ws_url().parse().expect("ws url");
+            .unwrap_or_else(|e| panic!("TCP connect to {addr}: {e}"));
+        let uri: http::Uri = format!("ws://{addr}/connection/websocket")
+            .parse()
+            .expect("ws url");
         let mut builder = ClientBuilder::from_uri(uri);
         if enc == Encoding::Protobuf {
             builder = builder

@@ -1,0 +1,378 @@
+//! One Redis instance (a shard): the multiplexed connection that carries commands and
+//! scripts, and the PUB/SUB connection with its reader task.
+//!
+//! The command connection is a `redis` [`ConnectionManager`], made on first use (so that
+//! building an engine needs no runtime) and reconnected by the crate after a failure.
+//! Every request is bounded by `engine.redis.io_timeout`, so a request to an unreachable
+//! Redis fails in bounded time instead of waiting for the reconnects.
+//!
+//! The PUB/SUB connection is owned by [`PubSub::run`], one task per shard: it connects,
+//! subscribes every channel the node wants (the set that `subscribe` and `unsubscribe`
+//! keep), hands each message to its callback in the order Redis sent it, pings to find a
+//! dead connection, and after a loss reconnects with backoff and subscribes everything
+//! again.
+
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{RedisAddress, RedisConfig};
+use crate::engine::EngineError;
+
+/// How often an idle PUB/SUB connection is pinged.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// First and longest wait between two reconnect attempts of the PUB/SUB connection.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Channels per SUBSCRIBE command when subscribing everything again after a reconnect.
+const RESUBSCRIBE_BATCH: usize = 512;
+
+/// One Redis instance.
+pub(super) struct Shard {
+    /// Where it is, for logs (the password is never shown).
+    pub(super) address: RedisAddress,
+    client: redis::Client,
+    /// Made on first use.
+    conn: OnceLock<ConnectionManager>,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+}
+
+impl Shard {
+    pub(super) fn new(address: RedisAddress, config: &RedisConfig) -> Result<Shard, EngineError> {
+        let mut redis_info = redis::RedisConnectionInfo::default().set_db(address.db);
+        if !address.user.is_empty() {
+            redis_info = redis_info.set_username(&address.user);
+        }
+        if !address.password.is_empty() {
+            redis_info = redis_info.set_password(&address.password);
+        }
+        let info = redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(
+            address.host.clone(),
+            address.port,
+        ))
+        .map_err(|e| EngineError::Unavailable(format!("{address}: {e}")))?
+        .set_redis_settings(redis_info);
+        let client = redis::Client::open(info)
+            .map_err(|e| EngineError::Unavailable(format!("{address}: {e}")))?;
+        Ok(Shard {
+            address,
+            client,
+            conn: OnceLock::new(),
+            connect_timeout: config.connect_timeout,
+            io_timeout: config.io_timeout,
+        })
+    }
+
+    /// The command connection (a cheap clone of the shared multiplexed one).
+    pub(super) fn conn(&self) -> Result<ConnectionManager, EngineError> {
+        if let Some(c) = self.conn.get() {
+            return Ok(c.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.io_timeout))
+            // Few retries inside the crate: the request timeout bounds the wait anyway,
+            // and the next request starts a new attempt.
+            .set_number_of_retries(1)
+            .set_min_delay(BACKOFF_MIN)
+            .set_max_delay(BACKOFF_MAX);
+        let made = ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+            .map_err(|e| self.error(e))?;
+        Ok(self.conn.get_or_init(|| made).clone())
+    }
+
+    /// Runs one request against this shard, bounded by `io_timeout`.
+    pub(super) async fn run<T, F>(&self, request: F) -> Result<T, EngineError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(self.io_timeout, request).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.error(e)),
+            Err(_) => Err(EngineError::Unavailable(format!(
+                "redis {}: no answer within {:?}",
+                self.address, self.io_timeout
+            ))),
+        }
+    }
+
+    /// Runs a request that may safely run twice (a read, an idempotent write), retrying
+    /// it after a dropped or refused connection until `io_timeout` is spent: the first
+    /// request after Redis came back often meets the connection that died, and is what
+    /// makes the connection manager reconnect.
+    pub(super) async fn run_idempotent<T, F, Fut>(&self, mut request: F) -> Result<T, EngineError>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.io_timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let attempt = tokio::time::timeout_at(deadline, request(self.conn()?)).await;
+            match attempt {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e))
+                    if (e.is_io_error()
+                        || e.is_connection_dropped()
+                        || e.is_connection_refusal())
+                        && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Ok(Err(e)) => return Err(self.error(e)),
+                Err(_) => {
+                    return Err(EngineError::Unavailable(format!(
+                        "redis {}: no answer within {:?}",
+                        self.address, self.io_timeout
+                    )));
+                }
+            }
+        }
+    }
+
+    fn error(&self, e: redis::RedisError) -> EngineError {
+        EngineError::Unavailable(format!("redis {}: {e}", self.address))
+    }
+}
+
+/// What the PUB/SUB reader hands to its owner. Both are called from the reader task, one
+/// call at a time, so a channel's messages reach `message` in the order Redis sent them.
+#[async_trait::async_trait]
+pub(super) trait PubSubHandler: Send + Sync {
+    /// One message of a subscribed channel. Must not block.
+    fn message(&self, channel: &[u8], payload: &[u8]);
+    /// The connection was lost and a new one subscribed `channels` again; messages sent
+    /// meanwhile are lost. Called before any message of the new connection.
+    async fn resubscribed(&self, channels: &[Vec<u8>]);
+}
+
+/// The PUB/SUB side of one shard: the channels the node wants and the live connection.
+pub(super) struct PubSub {
+    address: String,
+    client: redis::Client,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+    state: Mutex<SubState>,
+    /// `true` while a connection is live; `subscribe` waits on it for a while.
+    connected: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct SubState {
+    /// Redis channels the node wants. Only changed while a connection is live, so a
+    /// reconnect's snapshot plus the changes after it is always the whole truth.
+    wanted: HashSet<Vec<u8>>,
+    /// The live connection's command side; `None` while disconnected.
+    sink: Option<PubSubSink>,
+}
+
+impl PubSub {
+    pub(super) fn new(shard: &Shard) -> PubSub {
+        PubSub {
+            address: shard.address.to_string(),
+            client: shard.client.clone(),
+            connect_timeout: shard.connect_timeout,
+            io_timeout: shard.io_timeout,
+            state: Mutex::new(SubState::default()),
+            connected: watch::channel(false).0,
+        }
+    }
+
+    /// Subscribes the node to `channel`; returns once Redis confirmed the SUBSCRIBE, so
+    /// every message published after the return reaches the callback. Waits up to
+    /// `io_timeout` for a connection when there is none.
+    pub(super) async fn subscribe(&self, channel: Vec<u8>) -> Result<(), EngineError> {
+        let mut sink = self.live_sink(&channel).await?;
+        match tokio::time::timeout(self.io_timeout, sink.subscribe(&channel)).await {
+            Ok(Ok(())) => Ok(()),
+            failed => {
+                // The reader will replace the connection; do not keep a channel the
+                // caller was told is not subscribed.
+                self.state.lock().wanted.remove(&channel);
+                Err(EngineError::Unavailable(match failed {
+                    Ok(Err(e)) => format!("redis {}: subscribe: {e}", self.address),
+                    _ => format!(
+                        "redis {}: subscribe: no answer within {:?}",
+                        self.address, self.io_timeout
+                    ),
+                }))
+            }
+        }
+    }
+
+    async fn live_sink(&self, channel: &[u8]) -> Result<PubSubSink, EngineError> {
+        let mut connected = self.connected.subscribe();
+        let deadline = tokio::time::Instant::now() + self.io_timeout;
+        loop {
+            {
+                let mut state = self.state.lock();
+                if let Some(sink) = &state.sink {
+                    let sink = sink.clone();
+                    state.wanted.insert(channel.to_vec());
+                    return Ok(sink);
+                }
+            }
+            let waited = tokio::time::timeout_at(deadline, connected.wait_for(|c| *c)).await;
+            if !matches!(waited, Ok(Ok(_))) {
+                return Err(EngineError::Unavailable(format!(
+                    "redis {}: PUB/SUB connection is down",
+                    self.address
+                )));
+            }
+        }
+    }
+
+    /// Unsubscribes the node from `channel`. With no connection there is nothing to do:
+    /// the next connection subscribes only what is wanted.
+    pub(super) async fn unsubscribe(&self, channel: &[u8]) -> Result<(), EngineError> {
+        let sink = {
+            let mut state = self.state.lock();
+            state.wanted.remove(channel);
+            state.sink.clone()
+        };
+        let Some(mut sink) = sink else {
+            return Ok(());
+        };
+        match tokio::time::timeout(self.io_timeout, sink.unsubscribe(channel)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(EngineError::Unavailable(format!(
+                "redis {}: unsubscribe: {e}",
+                self.address
+            ))),
+            Err(_) => Err(EngineError::Unavailable(format!(
+                "redis {}: unsubscribe: no answer within {:?}",
+                self.address, self.io_timeout
+            ))),
+        }
+    }
+
+    /// Number of channels wanted (for tests and metrics).
+    pub(super) fn wanted_count(&self) -> usize {
+        self.state.lock().wanted.len()
+    }
+
+    /// Keeps a PUB/SUB connection up until `stop`: connects, subscribes what is wanted,
+    /// delivers messages, reconnects with backoff after a loss.
+    pub(super) async fn run(
+        self: Arc<Self>,
+        handler: Arc<dyn PubSubHandler>,
+        stop: CancellationToken,
+    ) {
+        let mut backoff = BACKOFF_MIN;
+        let mut was_connected = false;
+        loop {
+            let session = self.session(handler.as_ref(), was_connected, &stop);
+            match session.await {
+                Session::Stopped => break,
+                Session::Lost(why) => {
+                    tracing::warn!(redis = %self.address, error = %why, "redis PUB/SUB connection lost; reconnecting");
+                    was_connected = true;
+                    backoff = BACKOFF_MIN;
+                }
+                Session::Failed(why) => {
+                    tracing::warn!(redis = %self.address, error = %why, retry_in = ?backoff, "redis PUB/SUB connection failed");
+                }
+            }
+            let jitter = rand::random_range(0..=backoff.as_millis() as u64 / 2);
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(backoff + Duration::from_millis(jitter)) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        self.state.lock().sink = None;
+        self.connected.send_replace(false);
+    }
+
+    async fn session(
+        &self,
+        handler: &dyn PubSubHandler,
+        was_connected: bool,
+        stop: &CancellationToken,
+    ) -> Session {
+        let connect = tokio::time::timeout(self.connect_timeout, self.client.get_async_pubsub());
+        let pubsub = tokio::select! {
+            _ = stop.cancelled() => return Session::Stopped,
+            r = connect => match r {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => return Session::Failed(e.to_string()),
+                Err(_) => return Session::Failed(format!("no connection within {:?}", self.connect_timeout)),
+            },
+        };
+        let (mut sink, mut stream) = pubsub.split();
+
+        // Subscribe everything wanted before going live: `subscribe` calls wait meanwhile,
+        // so the snapshot cannot miss a channel added later.
+        let snapshot: Vec<Vec<u8>> = self.state.lock().wanted.iter().cloned().collect();
+        for batch in snapshot.chunks(RESUBSCRIBE_BATCH) {
+            match tokio::time::timeout(self.io_timeout, sink.subscribe(batch)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Session::Failed(format!("resubscribe: {e}")),
+                Err(_) => return Session::Failed("resubscribe: no answer".to_owned()),
+            }
+        }
+        let stale: Vec<Vec<u8>> = {
+            let mut state = self.state.lock();
+            state.sink = Some(sink.clone());
+            // Unsubscribed while disconnected, after the snapshot was taken.
+            snapshot
+                .iter()
+                .filter(|c| !state.wanted.contains(*c))
+                .cloned()
+                .collect()
+        };
+        self.connected.send_replace(true);
+        if !stale.is_empty() {
+            let _ = tokio::time::timeout(self.io_timeout, sink.unsubscribe(&stale)).await;
+        }
+        if was_connected {
+            tracing::info!(redis = %self.address, channels = snapshot.len(), "redis PUB/SUB reconnected; channels subscribed again");
+            // Messages of the new connection wait in its buffer meanwhile.
+            tokio::select! {
+                _ = stop.cancelled() => return Session::Stopped,
+                _ = handler.resubscribed(&snapshot) => {}
+            }
+        } else {
+            tracing::info!(redis = %self.address, "redis PUB/SUB connected");
+        }
+
+        let mut ping = tokio::time::interval(PING_INTERVAL);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let outcome = loop {
+            tokio::select! {
+                _ = stop.cancelled() => break Session::Stopped,
+                msg = stream.next() => match msg {
+                    Some(msg) => handler.message(msg.get_channel_name().as_bytes(), msg.get_payload_bytes()),
+                    None => break Session::Lost("connection closed".to_owned()),
+                },
+                _ = ping.tick() => {
+                    let pong = tokio::time::timeout(self.io_timeout, sink.ping::<redis::Value>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        break Session::Lost(format!("no answer to PING within {:?}", self.io_timeout));
+                    }
+                }
+            }
+        };
+        self.state.lock().sink = None;
+        self.connected.send_replace(false);
+        outcome
+    }
+}
+
+enum Session {
+    /// Asked to stop.
+    Stopped,
+    /// A live connection was lost.
+    Lost(String),
+    /// No connection could be made.
+    Failed(String),
+}

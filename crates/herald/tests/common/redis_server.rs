@@ -1,0 +1,154 @@
+//! A real `redis-server` for the tests: started on a free loopback port with no
+//! persistence (`--save "" --appendonly no`), so a restart loses everything, as a Redis
+//! without persistence does in production. Killed when the handle drops.
+//!
+//! `REDIS_SERVER_BIN` overrides the binary (default: `redis-server` from `PATH`, Debian's
+//! package, which `.ci/run` installs). Plain std only: commands are sent as RESP over a
+//! `TcpStream`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a started redis-server may take to answer PING.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running redis-server.
+pub struct RedisServer {
+    /// Its TCP port on 127.0.0.1.
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts redis-server on a free port of 127.0.0.1 and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = super::free_port();
+            match Self::spawn(port) {
+                Ok(child) => {
+                    return RedisServer {
+                        port,
+                        child: Some(child),
+                    };
+                }
+                Err(e) => last = e,
+            }
+        }
+        panic!("redis-server did not start: {last}");
+    }
+
+    fn spawn(port: u16) -> Result<Child, String> {
+        let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        let mut child = Command::new(&bin)
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--protected-mode", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn {bin}: {e} (install Debian's redis-server)"))?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Err(format!(
+                    "redis-server exited ({status}) on port {port}: {err}"
+                ));
+            }
+            if let Ok(reply) = command(port, &["PING"])
+                && reply == "+PONG"
+            {
+                return Ok(child);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("no PONG on port {port} within {READY_TIMEOUT:?}"));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends one command; returns the first line of the reply (`+OK`, `:1`, `$5`, ...).
+    /// Panics when Redis does not answer.
+    pub fn cmd(&self, args: &[&str]) -> String {
+        command(self.port, args).unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
+    }
+
+    /// Drops every key (the data loss of a Redis restarted without persistence).
+    pub fn flushall(&self) {
+        assert_eq!(self.cmd(&["FLUSHALL"]), "+OK");
+    }
+
+    /// Kills the server (SIGKILL): connections drop, data is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a new, empty server on the same port (after [`RedisServer::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match Self::spawn(self.port) {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return;
+                }
+                // The port may linger for a moment after the kill.
+                Err(e) if Instant::now() >= deadline => panic!("redis-server restart: {e}"),
+                Err(_) => thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Whether the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One RESP command on a new connection; the first line of the reply.
+fn command(port: u16, args: &[&str]) -> std::io::Result<String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    stream.write_all(&out)?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::Error::other("connection closed without a reply"));
+    }
+    Ok(line.trim_end().to_string())
+}
