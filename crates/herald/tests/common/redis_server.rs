@@ -43,7 +43,10 @@ impl RedisServer {
 
     fn spawn(port: u16) -> Result<Child, String> {
         let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        // In the temp dir: whatever Redis might write (an RDB on some commands) never lands
+        // in the repository.
         let mut child = Command::new(&bin)
+            .current_dir(std::env::temp_dir())
             .args(["--port", &port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
