@@ -576,7 +576,9 @@ pub struct RedisConfig {
     /// `engine.redis.address`: one address (a string) or several (a list). Each is
     /// `redis://[user[:password]@]host[:port][/db]`, `rediss://…` (TLS) or a bare
     /// `host:port`. Several addresses shard channels over independent Redis instances
-    /// by consistent hashing of the channel name. Default `["redis://127.0.0.1:6379"]`.
+    /// by consistent hashing of the channel name. A Redis Cluster is detected; its other
+    /// nodes may be given as `?addr=host:port&addr=…`. Default
+    /// `["redis://127.0.0.1:6379"]`.
     #[serde(deserialize_with = "string_or_list")]
     pub address: Vec<String>,
     /// `engine.redis.prefix`: starts every Redis key and PUB/SUB channel Herald uses, so
@@ -650,6 +652,9 @@ pub struct RedisAddress {
     pub user: String,
     /// Password ("" for none).
     pub password: String,
+    /// More nodes of the same Redis Cluster (`?addr=host:port`, repeatable): where to
+    /// start when the first one is unreachable.
+    pub seeds: Vec<(String, u16)>,
 }
 
 impl fmt::Display for RedisAddress {
@@ -738,10 +743,19 @@ impl RedisConfig {
             Some(p) => decode(p)?,
             None => self.password.clone(),
         };
-        if let Some((key, _)) = url.query_pairs().next() {
-            return Err(shown(&format!("unsupported address parameter {key:?}")));
+        let mut seeds = Vec::new();
+        for (key, value) in url.query_pairs() {
+            if key != "addr" {
+                return Err(shown(&format!("unsupported address parameter {key:?}")));
+            }
+            let (h, p) = value
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+                .ok_or_else(|| shown(&format!("addr={value:?} is not host:port")))?;
+            seeds.push((h.to_owned(), p));
         }
         Ok(RedisAddress {
+            seeds,
             host,
             port,
             tls,
@@ -2401,6 +2415,20 @@ mod tests {
             "no password shown"
         );
         assert!(!format!("{:?}", cfg.engine.redis).contains("p@ss"));
+        assert!(s.seeds.is_empty());
+        let mut seeded = cfg.engine.redis.clone();
+        seeded.address = vec!["redis://h1:7000?addr=h2:7001&addr=[::1]:7002".into()];
+        assert_eq!(
+            seeded.shards().unwrap()[0].seeds,
+            [("h2".to_string(), 7001), ("::1".to_string(), 7002)]
+        );
+        seeded.address = vec!["redis://h1:7000?addr=h2".into()];
+        assert!(
+            seeded
+                .shards()
+                .unwrap_err()
+                .contains("addr=\"h2\" is not host:port")
+        );
 
         let (cfg, _) = load_str(
             "yaml",

@@ -13,7 +13,7 @@
 //! again.
 
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -33,15 +33,57 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Channels per SUBSCRIBE command when subscribing everything again after a reconnect.
 const RESUBSCRIBE_BATCH: usize = 512;
 
-/// One Redis instance.
+/// One Redis instance, or one Redis Cluster (detected at the first connection, as
+/// Centrifugo does: `INFO cluster` says `cluster_enabled:1`).
 pub(super) struct Shard {
     /// Where it is, for logs (the password is never shown).
     pub(super) address: RedisAddress,
-    client: redis::Client,
+    /// The address and its `addr=` seeds, in order.
+    clients: Vec<redis::Client>,
     /// Made on first use.
-    conn: OnceLock<ConnectionManager>,
+    conn: tokio::sync::OnceCell<Conn>,
     connect_timeout: Duration,
     io_timeout: Duration,
+}
+
+/// The command connection: to one instance, or routed over a Redis Cluster by key slot
+/// (a channel's keys share a slot through their hash tag, so each script runs on one
+/// node). Cheap to clone: both are handles to shared multiplexed connections.
+#[derive(Clone)]
+pub(super) enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 impl Shard {
@@ -53,39 +95,106 @@ impl Shard {
         if !address.password.is_empty() {
             redis_info = redis_info.set_password(&address.password);
         }
-        let info = redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(
-            address.host.clone(),
-            address.port,
-        ))
-        .map_err(|e| EngineError::Unavailable(format!("{address}: {e}")))?
-        .set_redis_settings(redis_info);
-        let client = redis::Client::open(info)
+        let hosts = std::iter::once((address.host.clone(), address.port))
+            .chain(address.seeds.iter().cloned());
+        let clients = hosts
+            .map(|(host, port)| {
+                let info = redis::IntoConnectionInfo::into_connection_info(
+                    redis::ConnectionAddr::Tcp(host, port),
+                )?
+                .set_redis_settings(redis_info.clone());
+                redis::Client::open(info)
+            })
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| EngineError::Unavailable(format!("{address}: {e}")))?;
         Ok(Shard {
             address,
-            client,
-            conn: OnceLock::new(),
+            clients,
+            conn: tokio::sync::OnceCell::new(),
             connect_timeout: config.connect_timeout,
             io_timeout: config.io_timeout,
         })
     }
 
-    /// The command connection (a cheap clone of the shared multiplexed one).
-    pub(super) fn conn(&self) -> Result<ConnectionManager, EngineError> {
-        if let Some(c) = self.conn.get() {
-            return Ok(c.clone());
+    /// The command connection (a cheap clone of the shared multiplexed one). The first
+    /// call finds out whether this is a Redis Cluster; until that succeeds (Redis is
+    /// unreachable) every call tries again.
+    pub(super) async fn conn(&self) -> Result<Conn, EngineError> {
+        let made = tokio::time::timeout(
+            self.io_timeout,
+            self.conn.get_or_try_init(|| self.connect()),
+        )
+        .await
+        .map_err(|_| {
+            EngineError::Unavailable(format!(
+                "redis {}: no connection within {:?}",
+                self.address, self.io_timeout
+            ))
+        })??;
+        Ok(made.clone())
+    }
+
+    async fn connect(&self) -> Result<Conn, EngineError> {
+        let mut last = None;
+        for client in &self.clients {
+            match self.cluster_enabled(client).await {
+                Ok(false) => {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(self.connect_timeout))
+                        .set_response_timeout(Some(self.io_timeout))
+                        // Few retries inside the crate: the request timeout bounds the
+                        // wait anyway, and the next request starts a new attempt.
+                        .set_number_of_retries(1)
+                        .set_min_delay(BACKOFF_MIN)
+                        .set_max_delay(BACKOFF_MAX);
+                    let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
+                        .map_err(|e| self.error(e))?;
+                    return Ok(Conn::Single(manager));
+                }
+                Ok(true) => {
+                    let info = client.get_connection_info().redis_settings();
+                    let mut builder = redis::cluster::ClusterClient::builder(
+                        self.clients.iter().map(|c| c.get_connection_info().clone()),
+                    )
+                    .connection_timeout(self.connect_timeout)
+                    .response_timeout(self.io_timeout)
+                    .retries(2);
+                    if let Some(user) = info.username() {
+                        builder = builder.username(user);
+                    }
+                    if let Some(password) = info.password() {
+                        builder = builder.password(password);
+                    }
+                    let cluster = builder.build().map_err(|e| self.error(e))?;
+                    let conn = cluster
+                        .get_async_connection()
+                        .await
+                        .map_err(|e| self.error(e))?;
+                    tracing::info!(redis = %self.address, "Redis Cluster detected");
+                    return Ok(Conn::Cluster(conn));
+                }
+                Err(e) => last = Some(e),
+            }
         }
-        let config = ConnectionManagerConfig::new()
+        Err(last.map_or_else(
+            || EngineError::Unavailable(format!("redis {}: no address", self.address)),
+            |e| self.error(e),
+        ))
+    }
+
+    /// Asks one node whether it is part of a Redis Cluster.
+    async fn cluster_enabled(&self, client: &redis::Client) -> redis::RedisResult<bool> {
+        let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.io_timeout))
-            // Few retries inside the crate: the request timeout bounds the wait anyway,
-            // and the next request starts a new attempt.
-            .set_number_of_retries(1)
-            .set_min_delay(BACKOFF_MIN)
-            .set_max_delay(BACKOFF_MAX);
-        let made = ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-            .map_err(|e| self.error(e))?;
-        Ok(self.conn.get_or_init(|| made).clone())
+            .set_response_timeout(Some(self.io_timeout));
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut conn)
+            .await?;
+        Ok(info.contains("cluster_enabled:1"))
     }
 
     /// Runs one request against this shard, bounded by `io_timeout`.
@@ -109,13 +218,14 @@ impl Shard {
     /// makes the connection manager reconnect.
     pub(super) async fn run_idempotent<T, F, Fut>(&self, mut request: F) -> Result<T, EngineError>
     where
-        F: FnMut(ConnectionManager) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let deadline = tokio::time::Instant::now() + self.io_timeout;
         let mut pause = Duration::from_millis(20);
         loop {
-            let attempt = tokio::time::timeout_at(deadline, request(self.conn()?)).await;
+            let conn = self.conn().await?;
+            let attempt = tokio::time::timeout_at(deadline, request(conn)).await;
             match attempt {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e))
@@ -157,7 +267,11 @@ pub(super) trait PubSubHandler: Send + Sync {
 /// The PUB/SUB side of one shard: the channels the node wants and the live connection.
 pub(super) struct PubSub {
     address: String,
-    client: redis::Client,
+    /// Where to connect: the address, then its seeds (in a Redis Cluster any node
+    /// carries every node's PUBLISH, so the first one that answers will do).
+    clients: Vec<redis::Client>,
+    /// Which of `clients` the next connection tries.
+    next: std::sync::atomic::AtomicUsize,
     connect_timeout: Duration,
     io_timeout: Duration,
     state: Mutex<SubState>,
@@ -178,7 +292,8 @@ impl PubSub {
     pub(super) fn new(shard: &Shard) -> PubSub {
         PubSub {
             address: shard.address.to_string(),
-            client: shard.client.clone(),
+            clients: shard.clients.clone(),
+            next: std::sync::atomic::AtomicUsize::new(0),
             connect_timeout: shard.connect_timeout,
             io_timeout: shard.io_timeout,
             state: Mutex::new(SubState::default()),
@@ -273,11 +388,13 @@ impl PubSub {
             match session.await {
                 Session::Stopped => break,
                 Session::Lost(why) => {
+                    self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(redis = %self.address, error = %why, "redis PUB/SUB connection lost; reconnecting");
                     was_connected = true;
                     backoff = BACKOFF_MIN;
                 }
                 Session::Failed(why) => {
+                    self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(redis = %self.address, error = %why, retry_in = ?backoff, "redis PUB/SUB connection failed");
                 }
             }
@@ -298,7 +415,9 @@ impl PubSub {
         was_connected: bool,
         stop: &CancellationToken,
     ) -> Session {
-        let connect = tokio::time::timeout(self.connect_timeout, self.client.get_async_pubsub());
+        let i = self.next.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len();
+        let connect =
+            tokio::time::timeout(self.connect_timeout, self.clients[i].get_async_pubsub());
         let pubsub = tokio::select! {
             _ = stop.cancelled() => return Session::Stopped,
             r = connect => match r {
