@@ -13,7 +13,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use common::Herald;
-use common::redis_server::{RedisCluster, RedisServer};
+use common::redis_server::{RedisCluster, RedisSentinel, RedisServer};
 use herald::protocol::Encoding;
 use serde_json::{Value, json};
 use support::{Api, Client, cmd, payload_json};
@@ -367,4 +367,52 @@ async fn two_nodes_on_a_redis_cluster() {
         .ok("presence_stats", json!({"channel": channels[7]}))
         .await;
     assert_eq!(stats, json!({"num_clients": 2, "num_users": 2}));
+}
+
+/// `redis+sentinel://`: the nodes ask the Sentinel for the master. When the master dies
+/// the Sentinel promotes its replica; publishing resumes on the new master (offsets go on
+/// in the same epoch, the replica had the streams) and subscribers get every publication
+/// acknowledged before and after, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_keeps_the_cluster_publishing() {
+    let mut sentinel = RedisSentinel::start();
+    let on_sentinel = json!({"engine": {"redis": {"address": sentinel.url()}}});
+    let a = node_with(&sentinel.master, on_sentinel.clone());
+    let b = node_with(&sentinel.master, on_sentinel);
+    let channel = "chat:sentinel";
+    let mut alice = connected(&a, "alice").await;
+    alice.subscribe(channel).await;
+    let api_b = api(&b);
+    for n in 1..=10 {
+        api_b.publish(channel, json!({"n": n})).await;
+    }
+    let first: Vec<(u64, i64)> = (1..=10).map(|n| (n as u64, n)).collect();
+    assert_eq!(publications(&mut alice, channel, 10).await, first);
+    // Let the replica catch up before its master dies.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old_master = sentinel.master.port;
+    sentinel.master.kill();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let r = loop {
+        let r = api_b
+            .call("publish", json!({"channel": channel, "data": {"n": 11}}))
+            .await;
+        if let Some(result) = r.get("result") {
+            break result.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no publish after the failover: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(sentinel.master_port(), Some(sentinel.replica.port));
+    assert_ne!(sentinel.replica.port, old_master);
+    assert_eq!(r["offset"], json!(11), "the stream went on: {r}");
+    api_b.publish(channel, json!({"n": 12})).await;
+    assert_eq!(
+        publications(&mut alice, channel, 2).await,
+        vec![(11, 11), (12, 12)]
+    );
 }

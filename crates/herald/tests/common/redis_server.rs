@@ -266,3 +266,130 @@ fn cluster_ok(port: u16) -> bool {
     let n = stream.read(&mut buf).unwrap_or(0);
     String::from_utf8_lossy(&buf[..n]).contains("cluster_state:ok")
 }
+
+/// A Redis master with one replica, watched by one Sentinel (quorum 1, master named
+/// `herald`, declared down after 1 s without an answer), on loopback ports.
+pub struct RedisSentinel {
+    /// The master at start.
+    pub master: RedisServer,
+    /// Its replica, promoted by the Sentinel when the master dies.
+    pub replica: RedisServer,
+    /// The Sentinel's port.
+    pub port: u16,
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl RedisSentinel {
+    /// Starts the three and waits until the Sentinel knows the replica.
+    pub fn start() -> RedisSentinel {
+        // No delay before the first sync (5 s by default).
+        let master = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+        let replica =
+            RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !Command::new("redis-cli")
+            .args(["-p", &replica.port.to_string(), "INFO", "replication"])
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("master_link_status:up"))
+        {
+            assert!(Instant::now() < deadline, "the replica did not sync");
+            thread::sleep(Duration::from_millis(50));
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "herald-redis-sentinel-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("sentinel dir");
+        let port = super::free_port();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+                 sentinel monitor herald 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds herald 1000\n\
+                 sentinel failover-timeout herald 5000\n",
+                dir.display(),
+                master.port
+            ),
+        )
+        .expect("sentinel.conf");
+        let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        let child = Command::new(bin)
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server --sentinel");
+        let sentinel = RedisSentinel {
+            master,
+            replica,
+            port,
+            child,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "SENTINEL", "replicas", "herald"])
+                .stdin(Stdio::null())
+                .output();
+            if out.is_ok_and(|o| {
+                let text = String::from_utf8_lossy(&o.stdout).to_string();
+                text.contains(&sentinel.replica.port.to_string()) && !text.contains("s_down")
+            }) {
+                return sentinel;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Sentinel did not find the replica"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis+sentinel://127.0.0.1:PORT?sentinel_master_name=herald`.
+    pub fn url(&self) -> String {
+        format!(
+            "redis+sentinel://127.0.0.1:{}?sentinel_master_name=herald",
+            self.port
+        )
+    }
+
+    /// The port the Sentinel names as master now.
+    pub fn master_port(&self) -> Option<u16> {
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "SENTINEL",
+                "get-master-addr-by-name",
+                "herald",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
