@@ -3,21 +3,19 @@
 //! work, on the main listener when `grpc_api.enabled` (native gRPC over h2c or TLS, and
 //! gRPC-Web through tonic-web), and on `grpc_api.port` when set.
 //!
-//! The same operations as the HTTP API ([`crate::api`]), through the node. Requests are
-//! authenticated with metadata `authorization: apikey <KEY>`: `grpc_api.key` when set,
-//! otherwise like the HTTP API (`http_api.key`; none needed with `http_api.insecure`);
-//! without it the call fails with UNAUTHENTICATED. A method-level failure is not a gRPC error: as in Centrifugo, the
-//! response's `error` carries the code and message and `result` is empty.
+//! This module only decodes requests and encodes results: the methods are
+//! [`crate::api::Executor`]'s, as for the HTTP API. Requests are authenticated with
+//! metadata `authorization: apikey <KEY>`: `grpc_api.key` when set, otherwise like the
+//! HTTP API (`http_api.key`; none needed with `http_api.insecure`); without it the call
+//! fails with UNAUTHENTICATED. A method-level failure is not a gRPC error: as in
+//! Centrifugo, the response's `error` carries the code and message and `result` is empty.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use base64::Engine;
 use tonic::{Request, Response, Status};
 
-use crate::engine::{ClientInfo, HistoryFilter, Publication, StreamPosition};
-use crate::error::{ClientError, Disconnect};
-use crate::hub::Control;
+use crate::api::{self, Executor};
+use crate::engine::{ClientInfo, Publication};
 use crate::node::Node;
 
 /// Generated messages, server and client of `centrifugal.centrifugo.api`.
@@ -37,7 +35,9 @@ pub fn router(node: &Arc<Node>) -> axum::Router {
     }
     let svc = tower::Layer::layer(
         &tonic_web::GrpcWebLayer::new(),
-        CentrifugoApiServer::new(GrpcApi { node: node.clone() }),
+        CentrifugoApiServer::new(GrpcApi {
+            executor: Executor::new(node.clone()),
+        }),
     );
     router.route_service(
         &format!(
@@ -49,7 +49,7 @@ pub fn router(node: &Arc<Node>) -> axum::Router {
 }
 
 struct GrpcApi {
-    node: Arc<Node>,
+    executor: Executor,
 }
 
 impl GrpcApi {
@@ -57,9 +57,10 @@ impl GrpcApi {
     fn authorize<T>(&self, req: Request<T>) -> Result<T, Status> {
         let (metadata, _, message) = req.into_parts();
         let headers = metadata.into_headers();
-        let own_key = &self.node.config.grpc_api.key;
+        let node = self.executor.node();
+        let own_key = &node.config.grpc_api.key;
         let ok = if own_key.is_empty() {
-            crate::api::authorized(&self.node, &headers)
+            crate::api::authorized(node, &headers)
         } else {
             crate::api::key_matches(&headers, own_key)
         };
@@ -73,66 +74,204 @@ impl GrpcApi {
     }
 }
 
-/// Builds a `…Response { error, result }` from a method's outcome.
+/// Builds a `…Response { error, result }` from a method's outcome, encoding the result.
 macro_rules! respond {
     ($response:ident, $outcome:expr) => {
         Ok(Response::new(match $outcome {
             Ok(result) => proto::$response {
                 error: None,
-                result: Some(result),
+                result: Some(result.into()),
             },
             Err(e) => proto::$response {
-                error: Some(api_error(e)),
+                error: Some(api::ApiError::from(e).into()),
                 result: None,
             },
         }))
     };
 }
 
-fn api_error(e: ClientError) -> proto::Error {
-    proto::Error {
-        code: e.code,
-        message: e.message.to_string(),
-    }
-}
-
-/// `b64data` when set, else `data`, which must not be empty.
-fn payload(data: bytes::Bytes, b64data: &str) -> Result<bytes::Bytes, ClientError> {
-    if !b64data.is_empty() {
-        return base64::engine::general_purpose::STANDARD
-            .decode(b64data)
-            .map(bytes::Bytes::from)
-            .map_err(|_| ClientError::BAD_REQUEST.with_message("b64data is not valid base64"));
-    }
-    if data.is_empty() {
-        return Err(ClientError::BAD_REQUEST.with_message("data required"));
-    }
-    Ok(data)
-}
-
-fn non_empty(s: &str) -> Option<&str> {
+fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-async fn publish_one(
-    node: &Node,
-    channel: &str,
-    data: bytes::Bytes,
-    tags: HashMap<String, String>,
-    skip_history: bool,
-) -> Result<proto::PublishResult, ClientError> {
-    let pos = node
-        .publish(channel, data, None, tags, skip_history)
-        .await?;
-    Ok(proto::PublishResult {
-        offset: pos.offset,
-        epoch: if pos.offset > 0 {
-            pos.epoch
-        } else {
-            String::new()
-        },
-    })
+// ---- requests: proto to the executor's ----
+
+impl From<proto::PublishRequest> for api::PublishRequest {
+    fn from(r: proto::PublishRequest) -> Self {
+        api::PublishRequest {
+            channel: r.channel,
+            data: (!r.data.is_empty()).then_some(r.data),
+            b64data: non_empty(r.b64data),
+            skip_history: r.skip_history,
+            tags: r.tags,
+            idempotency_key: non_empty(r.idempotency_key),
+        }
+    }
 }
+
+impl From<proto::BroadcastRequest> for api::BroadcastRequest {
+    fn from(r: proto::BroadcastRequest) -> Self {
+        api::BroadcastRequest {
+            channels: r.channels,
+            data: (!r.data.is_empty()).then_some(r.data),
+            b64data: non_empty(r.b64data),
+            skip_history: r.skip_history,
+            tags: r.tags,
+            idempotency_key: non_empty(r.idempotency_key),
+        }
+    }
+}
+
+impl From<proto::SubscribeRequest> for api::UserChannelRequest {
+    fn from(r: proto::SubscribeRequest) -> Self {
+        api::UserChannelRequest {
+            user: r.user,
+            channel: r.channel,
+            client: non_empty(r.client),
+        }
+    }
+}
+
+impl From<proto::UnsubscribeRequest> for api::UserChannelRequest {
+    fn from(r: proto::UnsubscribeRequest) -> Self {
+        api::UserChannelRequest {
+            user: r.user,
+            channel: r.channel,
+            client: non_empty(r.client),
+        }
+    }
+}
+
+impl From<proto::DisconnectRequest> for api::DisconnectRequest {
+    fn from(r: proto::DisconnectRequest) -> Self {
+        api::DisconnectRequest {
+            user: r.user,
+            client: non_empty(r.client),
+            whitelist: r.whitelist,
+            disconnect: r.disconnect.map(|d| api::DisconnectSpec {
+                code: d.code,
+                reason: d.reason,
+            }),
+        }
+    }
+}
+
+impl From<proto::RefreshRequest> for api::RefreshRequest {
+    fn from(r: proto::RefreshRequest) -> Self {
+        api::RefreshRequest {
+            user: r.user,
+            client: non_empty(r.client),
+            expired: r.expired,
+            expire_at: Some(r.expire_at),
+        }
+    }
+}
+
+macro_rules! channel_request {
+    ($($t:ty),*) => {$(
+        impl From<$t> for api::ChannelRequest {
+            fn from(r: $t) -> Self {
+                api::ChannelRequest { channel: r.channel }
+            }
+        }
+    )*};
+}
+channel_request!(
+    proto::PresenceRequest,
+    proto::PresenceStatsRequest,
+    proto::HistoryRemoveRequest
+);
+
+impl From<proto::HistoryRequest> for api::HistoryRequest {
+    fn from(r: proto::HistoryRequest) -> Self {
+        api::HistoryRequest {
+            channel: r.channel,
+            limit: Some(i64::from(r.limit)),
+            since: r.since.map(|s| api::PositionSpec {
+                offset: s.offset,
+                epoch: s.epoch,
+            }),
+            reverse: r.reverse,
+        }
+    }
+}
+
+impl From<proto::ChannelsRequest> for api::ChannelsRequest {
+    fn from(r: proto::ChannelsRequest) -> Self {
+        api::ChannelsRequest { pattern: r.pattern }
+    }
+}
+
+impl From<proto::Command> for api::Command {
+    fn from(c: proto::Command) -> Self {
+        api::Command {
+            publish: c.publish.map(Into::into),
+            broadcast: c.broadcast.map(Into::into),
+            subscribe: c.subscribe.map(Into::into),
+            unsubscribe: c.unsubscribe.map(Into::into),
+            disconnect: c.disconnect.map(Into::into),
+            presence: c.presence.map(Into::into),
+            presence_stats: c.presence_stats.map(Into::into),
+            history: c.history.map(Into::into),
+            history_remove: c.history_remove.map(Into::into),
+            info: c.info.map(|_| api::InfoRequest {}),
+            refresh: c.refresh.map(Into::into),
+            channels: c.channels.map(Into::into),
+        }
+    }
+}
+
+// ---- results: the executor's to proto ----
+
+impl From<api::ApiError> for proto::Error {
+    fn from(e: api::ApiError) -> Self {
+        proto::Error {
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
+impl From<api::PublishResult> for proto::PublishResult {
+    fn from(r: api::PublishResult) -> Self {
+        proto::PublishResult {
+            offset: r.offset,
+            epoch: r.epoch,
+        }
+    }
+}
+
+impl From<api::BroadcastResult> for proto::BroadcastResult {
+    fn from(r: api::BroadcastResult) -> Self {
+        proto::BroadcastResult {
+            responses: r
+                .responses
+                .into_iter()
+                .map(|p| proto::PublishResponse {
+                    error: p.error.map(Into::into),
+                    result: p.result.map(Into::into),
+                })
+                .collect(),
+        }
+    }
+}
+
+macro_rules! empty_result {
+    ($($t:ident),*) => {$(
+        impl From<api::Empty> for proto::$t {
+            fn from(_: api::Empty) -> Self {
+                proto::$t {}
+            }
+        }
+    )*};
+}
+empty_result!(
+    SubscribeResult,
+    UnsubscribeResult,
+    DisconnectResult,
+    RefreshResult,
+    HistoryRemoveResult
+);
 
 fn client_info(i: &ClientInfo) -> proto::ClientInfo {
     proto::ClientInfo {
@@ -152,18 +291,123 @@ fn publication(p: &Publication) -> proto::Publication {
     }
 }
 
+impl From<api::PresenceResult> for proto::PresenceResult {
+    fn from(r: api::PresenceResult) -> Self {
+        proto::PresenceResult {
+            presence: r
+                .presence
+                .iter()
+                .map(|(k, v)| (k.clone(), client_info(v)))
+                .collect(),
+        }
+    }
+}
+
+impl From<api::PresenceStatsResult> for proto::PresenceStatsResult {
+    fn from(r: api::PresenceStatsResult) -> Self {
+        proto::PresenceStatsResult {
+            num_clients: r.num_clients,
+            num_users: r.num_users,
+        }
+    }
+}
+
+impl From<api::HistoryResult> for proto::HistoryResult {
+    fn from(r: api::HistoryResult) -> Self {
+        proto::HistoryResult {
+            publications: r.publications.iter().map(|p| publication(p)).collect(),
+            epoch: r.epoch,
+            offset: r.offset,
+        }
+    }
+}
+
+impl From<api::ChannelsResult> for proto::ChannelsResult {
+    fn from(r: api::ChannelsResult) -> Self {
+        proto::ChannelsResult {
+            channels: r
+                .channels
+                .into_iter()
+                .map(|(name, c)| {
+                    (
+                        name,
+                        proto::ChannelInfo {
+                            num_clients: c.num_clients,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<api::InfoResult> for proto::InfoResult {
+    fn from(r: api::InfoResult) -> Self {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        proto::InfoResult {
+            nodes: r
+                .nodes
+                .into_iter()
+                .map(|i| proto::NodeResult {
+                    uid: i.uid,
+                    name: i.name,
+                    version: i.version,
+                    num_clients: count(i.num_clients),
+                    num_users: count(i.num_users),
+                    num_channels: count(i.num_channels),
+                    uptime: u32::try_from(i.uptime).unwrap_or(u32::MAX),
+                    num_subs: count(i.num_subs),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<api::Reply> for proto::Reply {
+    fn from(r: api::Reply) -> Self {
+        proto::Reply {
+            error: r.error.map(Into::into),
+            publish: r.publish.map(Into::into),
+            broadcast: r.broadcast.map(Into::into),
+            subscribe: r.subscribe.map(Into::into),
+            unsubscribe: r.unsubscribe.map(Into::into),
+            disconnect: r.disconnect.map(Into::into),
+            presence: r.presence.map(Into::into),
+            presence_stats: r.presence_stats.map(Into::into),
+            history: r.history.map(Into::into),
+            history_remove: r.history_remove.map(Into::into),
+            info: r.info.map(Into::into),
+            refresh: r.refresh.map(Into::into),
+            channels: r.channels.map(Into::into),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl CentrifugoApi for GrpcApi {
+    async fn batch(
+        &self,
+        request: Request<proto::BatchRequest>,
+    ) -> Result<Response<proto::BatchResponse>, Status> {
+        let r = self.authorize(request)?;
+        let result = self
+            .executor
+            .batch(api::BatchRequest {
+                commands: r.commands.into_iter().map(|c| Some(c.into())).collect(),
+                parallel: r.parallel,
+            })
+            .await;
+        Ok(Response::new(proto::BatchResponse {
+            replies: result.replies.into_iter().map(Into::into).collect(),
+        }))
+    }
+
     async fn publish(
         &self,
         request: Request<proto::PublishRequest>,
     ) -> Result<Response<proto::PublishResponse>, Status> {
         let r = self.authorize(request)?;
-        let outcome = match payload(r.data, &r.b64data) {
-            Ok(data) => publish_one(&self.node, &r.channel, data, r.tags, r.skip_history).await,
-            Err(e) => Err(e),
-        };
-        respond!(PublishResponse, outcome)
+        respond!(PublishResponse, self.executor.publish(r.into()).await)
     }
 
     async fn broadcast(
@@ -171,36 +415,7 @@ impl CentrifugoApi for GrpcApi {
         request: Request<proto::BroadcastRequest>,
     ) -> Result<Response<proto::BroadcastResponse>, Status> {
         let r = self.authorize(request)?;
-        let outcome = async {
-            if r.channels.is_empty() {
-                return Err(ClientError::BAD_REQUEST.with_message("channels required"));
-            }
-            let data = payload(r.data, &r.b64data)?;
-            let mut responses = Vec::with_capacity(r.channels.len());
-            for channel in &r.channels {
-                let one = publish_one(
-                    &self.node,
-                    channel,
-                    data.clone(),
-                    r.tags.clone(),
-                    r.skip_history,
-                )
-                .await;
-                responses.push(match one {
-                    Ok(result) => proto::PublishResponse {
-                        error: None,
-                        result: Some(result),
-                    },
-                    Err(e) => proto::PublishResponse {
-                        error: Some(api_error(e)),
-                        result: None,
-                    },
-                });
-            }
-            Ok(proto::BroadcastResult { responses })
-        }
-        .await;
-        respond!(BroadcastResponse, outcome)
+        respond!(BroadcastResponse, self.executor.broadcast(r.into()).await)
     }
 
     async fn subscribe(
@@ -208,21 +423,7 @@ impl CentrifugoApi for GrpcApi {
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<proto::SubscribeResponse>, Status> {
         let r = self.authorize(request)?;
-        let outcome = self
-            .node
-            .channel_options(&r.channel)
-            .map_err(ClientError::from)
-            .map(|_| {
-                self.node.control_user(
-                    &r.user,
-                    non_empty(&r.client),
-                    &Control::Subscribe {
-                        channel: r.channel.clone(),
-                    },
-                );
-                proto::SubscribeResult {}
-            });
-        respond!(SubscribeResponse, outcome)
+        respond!(SubscribeResponse, self.executor.subscribe(r.into()).await)
     }
 
     async fn unsubscribe(
@@ -230,12 +431,10 @@ impl CentrifugoApi for GrpcApi {
         request: Request<proto::UnsubscribeRequest>,
     ) -> Result<Response<proto::UnsubscribeResponse>, Status> {
         let r = self.authorize(request)?;
-        self.node.control_user(
-            &r.user,
-            non_empty(&r.client),
-            &Control::Unsubscribe { channel: r.channel },
-        );
-        respond!(UnsubscribeResponse, Ok(proto::UnsubscribeResult {}))
+        respond!(
+            UnsubscribeResponse,
+            self.executor.unsubscribe(r.into()).await
+        )
     }
 
     async fn disconnect(
@@ -243,22 +442,7 @@ impl CentrifugoApi for GrpcApi {
         request: Request<proto::DisconnectRequest>,
     ) -> Result<Response<proto::DisconnectResponse>, Status> {
         let r = self.authorize(request)?;
-        let disconnect = match r.disconnect {
-            Some(spec) if !(3000..5000).contains(&spec.code) => {
-                Err(ClientError::BAD_REQUEST.with_message("disconnect.code must be in 3000..4999"))
-            }
-            Some(spec) => Ok(Disconnect::custom(
-                spec.code,
-                spec.reason.chars().take(100).collect::<String>(),
-            )),
-            None => Ok(Disconnect::FORCE_NO_RECONNECT),
-        };
-        let outcome = disconnect.map(|d| {
-            self.node
-                .disconnect_user(&r.user, non_empty(&r.client), &r.whitelist, d);
-            proto::DisconnectResult {}
-        });
-        respond!(DisconnectResponse, outcome)
+        respond!(DisconnectResponse, self.executor.disconnect(r.into()).await)
     }
 
     async fn presence(
@@ -266,15 +450,7 @@ impl CentrifugoApi for GrpcApi {
         request: Request<proto::PresenceRequest>,
     ) -> Result<Response<proto::PresenceResponse>, Status> {
         let r = self.authorize(request)?;
-        let outcome = self
-            .node
-            .presence(&r.channel)
-            .await
-            .map_err(ClientError::from)
-            .map(|p| proto::PresenceResult {
-                presence: p.iter().map(|(k, v)| (k.clone(), client_info(v))).collect(),
-            });
-        respond!(PresenceResponse, outcome)
+        respond!(PresenceResponse, self.executor.presence(r.into()).await)
     }
 
     async fn presence_stats(
@@ -282,16 +458,10 @@ impl CentrifugoApi for GrpcApi {
         request: Request<proto::PresenceStatsRequest>,
     ) -> Result<Response<proto::PresenceStatsResponse>, Status> {
         let r = self.authorize(request)?;
-        let outcome = self
-            .node
-            .presence_stats(&r.channel)
-            .await
-            .map_err(ClientError::from)
-            .map(|(num_clients, num_users)| proto::PresenceStatsResult {
-                num_clients,
-                num_users,
-            });
-        respond!(PresenceStatsResponse, outcome)
+        respond!(
+            PresenceStatsResponse,
+            self.executor.presence_stats(r.into()).await
+        )
     }
 
     async fn history(
@@ -299,28 +469,7 @@ impl CentrifugoApi for GrpcApi {
         request: Request<proto::HistoryRequest>,
     ) -> Result<Response<proto::HistoryResponse>, Status> {
         let r = self.authorize(request)?;
-        let filter = HistoryFilter {
-            since: r.since.map(|s| StreamPosition {
-                offset: s.offset,
-                epoch: s.epoch,
-            }),
-            limit: match r.limit {
-                n if n < 0 => None,
-                n => Some(n as usize),
-            },
-            reverse: r.reverse,
-        };
-        let outcome = self
-            .node
-            .history(&r.channel, &filter)
-            .await
-            .map_err(ClientError::from)
-            .map(|h| proto::HistoryResult {
-                publications: h.publications.iter().map(|p| publication(p)).collect(),
-                epoch: h.position.epoch,
-                offset: h.position.offset,
-            });
-        respond!(HistoryResponse, outcome)
+        respond!(HistoryResponse, self.executor.history(r.into()).await)
     }
 
     async fn history_remove(
@@ -328,13 +477,10 @@ impl CentrifugoApi for GrpcApi {
         request: Request<proto::HistoryRemoveRequest>,
     ) -> Result<Response<proto::HistoryRemoveResponse>, Status> {
         let r = self.authorize(request)?;
-        let outcome = self
-            .node
-            .remove_history(&r.channel)
-            .await
-            .map_err(ClientError::from)
-            .map(|()| proto::HistoryRemoveResult {});
-        respond!(HistoryRemoveResponse, outcome)
+        respond!(
+            HistoryRemoveResponse,
+            self.executor.history_remove(r.into()).await
+        )
     }
 
     async fn info(
@@ -342,19 +488,7 @@ impl CentrifugoApi for GrpcApi {
         request: Request<proto::InfoRequest>,
     ) -> Result<Response<proto::InfoResponse>, Status> {
         self.authorize(request)?;
-        let i = self.node.info();
-        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        let node = proto::NodeResult {
-            uid: i.uid,
-            name: i.name,
-            version: i.version,
-            num_clients: count(i.num_clients),
-            num_users: count(i.num_users),
-            num_channels: count(i.num_channels),
-            uptime: u32::try_from(i.uptime).unwrap_or(u32::MAX),
-            num_subs: count(i.num_subs),
-        };
-        respond!(InfoResponse, Ok(proto::InfoResult { nodes: vec![node] }))
+        respond!(InfoResponse, self.executor.info(api::InfoRequest {}).await)
     }
 
     async fn refresh(
@@ -362,15 +496,7 @@ impl CentrifugoApi for GrpcApi {
         request: Request<proto::RefreshRequest>,
     ) -> Result<Response<proto::RefreshResponse>, Status> {
         let r = self.authorize(request)?;
-        self.node.control_user(
-            &r.user,
-            non_empty(&r.client),
-            &Control::Refresh {
-                expire_at: (r.expire_at > 0).then_some(r.expire_at),
-                expired: r.expired,
-            },
-        );
-        respond!(RefreshResponse, Ok(proto::RefreshResult {}))
+        respond!(RefreshResponse, self.executor.refresh(r.into()).await)
     }
 
     async fn channels(
@@ -378,17 +504,6 @@ impl CentrifugoApi for GrpcApi {
         request: Request<proto::ChannelsRequest>,
     ) -> Result<Response<proto::ChannelsResponse>, Status> {
         let r = self.authorize(request)?;
-        let channels = self
-            .node
-            .hub
-            .channels()
-            .into_iter()
-            .filter(|(name, _)| r.pattern.is_empty() || crate::glob::matches(&r.pattern, name))
-            .map(|(name, n)| {
-                let num_clients = u32::try_from(n).unwrap_or(u32::MAX);
-                (name, proto::ChannelInfo { num_clients })
-            })
-            .collect();
-        respond!(ChannelsResponse, Ok(proto::ChannelsResult { channels }))
+        respond!(ChannelsResponse, self.executor.channels(r.into()).await)
     }
 }

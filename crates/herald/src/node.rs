@@ -1,16 +1,24 @@
 //! The node: the composition root. It owns the hub, the engine, the token verifiers and
-//! the configuration, and offers the server-side operations that the API and sessions
-//! call (publish, history, presence, disconnect, ...). It receives the broker's events and
-//! hands them to the hub.
+//! the configuration, and offers the server-side operations that the API, the console and
+//! sessions call (publish, history, presence, disconnect a user, emulation frames, ...).
+//! It receives the broker's events and hands them to the hub, and applies the control
+//! messages other nodes (and itself) send through the engine's controller.
+//!
+//! Operations on users' sessions go through the controller, never straight to the hub:
+//! the sessions may be on any node. The node keeps a registry of the live nodes from
+//! their announcements, for `info` and for routing emulation frames.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::TokenVerifier;
 use crate::config::{ChannelOptions, Config};
+use crate::engine::control::{ControlCommand, ControlHandler, ControlMessage};
 use crate::engine::{
     BrokerEventHandler, ClientInfo, Engine, EngineError, HistoryFilter, HistoryResult, Publication,
     PublishOptions, StreamPosition,
@@ -19,6 +27,8 @@ use crate::error::{ClientError, Disconnect};
 use crate::hub::{Control, Hub};
 use crate::metrics::{GapLabel, Metrics};
 
+pub use crate::engine::control::NodeInfo;
+
 /// How long a presence entry lives without being refreshed by its session.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(60);
 
@@ -26,6 +36,13 @@ pub const PRESENCE_TTL: Duration = Duration::from_secs(60);
 /// other's broker subscribe or unsubscribe (one round trip to a remote broker); 1024 keeps
 /// that rare while the locks take about 40 KiB.
 const SUB_LOCK_SHARDS: usize = 1024;
+
+/// How often a node announces itself (with its counts) to the others.
+const NODE_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(3);
+
+/// How long a node stays in the registry after its last announcement: two missed
+/// announcements and a second of slack.
+const NODE_TTL: Duration = Duration::from_secs(7);
 
 /// Failure of a server-side operation, mapped to a client error code at the edges.
 #[derive(Debug, thiserror::Error)]
@@ -73,25 +90,17 @@ pub enum StartError {
     Engine(#[from] EngineError),
 }
 
-/// Counts of one node, for the `info` API and the console.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct NodeInfo {
-    /// Unique id of this process.
-    pub uid: String,
-    /// Configured node name.
-    pub name: String,
-    /// Herald's version.
-    pub version: String,
-    /// Connected clients.
-    pub num_clients: usize,
-    /// Distinct users.
-    pub num_users: usize,
-    /// Channels with subscribers.
-    pub num_channels: usize,
-    /// Subscriptions.
-    pub num_subs: usize,
-    /// Seconds since start.
-    pub uptime: u64,
+/// What became of commands posted to `/emulation` ([`Node::emulation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emulation {
+    /// Handed to the session, on this node.
+    Delivered,
+    /// The session is not (or no longer) on this node.
+    SessionGone,
+    /// Sent to the node that holds the session.
+    Forwarded,
+    /// No live node has that id (the client reconnects).
+    UnknownNode,
 }
 
 /// The composition root of one Herald process.
@@ -112,6 +121,8 @@ pub struct Node {
     /// so that the node's broker subscription is live whenever the hub has a subscriber
     /// (see [`Node::hub_subscribe`]). A tokio mutex: the broker call is awaited under it.
     sub_locks: Box<[tokio::sync::Mutex<()>]>,
+    /// Other live nodes by uid, with when each last announced itself.
+    nodes: Mutex<HashMap<String, (NodeInfo, Instant)>>,
     uid: String,
     started: Instant,
     shutdown: CancellationToken,
@@ -121,6 +132,20 @@ pub struct Node {
 struct HubHandler {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+}
+
+/// Hands control messages to the node, which it holds weakly: the controller belongs to the
+/// node's engine, so a strong reference would be a cycle.
+struct ControlReceiver {
+    node: Weak<Node>,
+}
+
+impl ControlHandler for ControlReceiver {
+    fn handle_control(&self, message: ControlMessage) {
+        if let Some(node) = self.node.upgrade() {
+            node.apply_control(message);
+        }
+    }
 }
 
 impl BrokerEventHandler for HubHandler {
@@ -169,19 +194,25 @@ impl Node {
             hub: hub.clone(),
             metrics: metrics.clone(),
         }));
-        Ok(Arc::new(Node {
-            config: Arc::new(config),
-            hub,
-            verifier,
-            sub_verifier,
-            metrics,
-            engine,
-            sub_locks: (0..SUB_LOCK_SHARDS)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
-            uid: uuid::Uuid::new_v4().to_string(),
-            started: Instant::now(),
-            shutdown: CancellationToken::new(),
+        Ok(Arc::new_cyclic(|node| {
+            engine
+                .control
+                .register_handler(Arc::new(ControlReceiver { node: node.clone() }));
+            Node {
+                config: Arc::new(config),
+                hub,
+                verifier,
+                sub_verifier,
+                metrics,
+                engine,
+                sub_locks: (0..SUB_LOCK_SHARDS)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
+                nodes: Mutex::new(HashMap::new()),
+                uid: uuid::Uuid::new_v4().to_string(),
+                started: Instant::now(),
+                shutdown: CancellationToken::new(),
+            }
         }))
     }
 
@@ -190,7 +221,8 @@ impl Node {
         &self.uid
     }
 
-    /// Starts the engine's background work and the gauges' refresh (until shutdown).
+    /// Starts the engine's background work, the gauges' refresh and the node's
+    /// announcements to the others (until shutdown).
     pub fn start(self: &Arc<Self>) {
         self.engine.start();
         let node = self.clone();
@@ -203,6 +235,128 @@ impl Node {
                 }
             }
         });
+        let node = Arc::downgrade(self);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(NODE_ANNOUNCE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => match node.upgrade() {
+                        Some(node) => node.announce(None).await,
+                        None => return,
+                    },
+                }
+            }
+        });
+    }
+
+    /// Sends this node's info to every node (`to: None`) or to one.
+    async fn announce(&self, to: Option<String>) {
+        let message = ControlMessage {
+            from: self.uid.clone(),
+            to,
+            command: ControlCommand::Node(self.info()),
+        };
+        if let Err(e) = self.engine.control.publish(message).await {
+            tracing::warn!(error = %e, "node announcement failed");
+        }
+    }
+
+    /// Sends a command to every node, this one included.
+    async fn broadcast_control(&self, command: ControlCommand) -> Result<(), NodeError> {
+        let message = ControlMessage {
+            from: self.uid.clone(),
+            to: None,
+            command,
+        };
+        Ok(self.engine.control.publish(message).await?)
+    }
+
+    /// Applies a control message on this node (see [`ControlHandler`]); never blocks.
+    fn apply_control(self: Arc<Self>, message: ControlMessage) {
+        if message.to.as_deref().is_some_and(|to| to != self.uid) {
+            return;
+        }
+        match message.command {
+            ControlCommand::Disconnect {
+                user,
+                client,
+                whitelist,
+                code,
+                reason,
+            } => {
+                let disconnect = Disconnect::custom(code, reason);
+                for c in self.local_sessions(&user, client.as_deref()) {
+                    if !whitelist.contains(&c.client) {
+                        c.queue.close(disconnect.clone());
+                    }
+                }
+            }
+            ControlCommand::Subscribe {
+                user,
+                client,
+                channel,
+            } => self.control_local(&user, client.as_deref(), Control::Subscribe { channel }),
+            ControlCommand::Unsubscribe {
+                user,
+                client,
+                channel,
+            } => self.control_local(&user, client.as_deref(), Control::Unsubscribe { channel }),
+            ControlCommand::Refresh {
+                user,
+                client,
+                expire_at,
+                expired,
+            } => self.control_local(
+                &user,
+                client.as_deref(),
+                Control::Refresh { expire_at, expired },
+            ),
+            ControlCommand::Emulation { session, data } => {
+                // From another node, with no way to wait for room: a session whose inbox
+                // is full (64 pending controls) is closed as slow.
+                if let Some(c) = self.hub.session(&session) {
+                    c.control(Control::Frame(data));
+                }
+            }
+            ControlCommand::Node(info) => {
+                if info.uid == self.uid {
+                    return;
+                }
+                let uid = info.uid.clone();
+                let known = self
+                    .nodes
+                    .lock()
+                    .insert(uid.clone(), (info, Instant::now()))
+                    .is_some_and(|(_, seen)| seen.elapsed() < NODE_TTL);
+                if !known {
+                    // A node we did not know: tell it about us now rather than at our
+                    // next announcement, so that its `info` is complete at once.
+                    tokio::spawn(async move { self.announce(Some(uid)).await });
+                }
+            }
+        }
+    }
+
+    /// This node's sessions of `user` (only the one with client id `client`, when set).
+    fn local_sessions(
+        &self,
+        user: &str,
+        client: Option<&str>,
+    ) -> impl Iterator<Item = Arc<crate::hub::ClientHandle>> {
+        let client = client.map(str::to_string);
+        self.hub
+            .user_clients(user)
+            .into_iter()
+            .filter(move |c| client.as_deref().is_none_or(|id| id == c.client))
+    }
+
+    fn control_local(&self, user: &str, client: Option<&str>, msg: Control) {
+        for c in self.local_sessions(user, client) {
+            c.control(msg.clone());
+        }
     }
 
     /// Closes the engine; called once the clients are drained.
@@ -439,34 +593,145 @@ impl Node {
         }
     }
 
-    /// Sends a control message to a user's sessions, or to one of them when `client` is set.
-    /// Returns how many sessions got it.
-    pub fn control_user(&self, user: &str, client: Option<&str>, msg: &Control) -> usize {
-        let mut n = 0;
-        for c in self.hub.user_clients(user) {
-            if client.is_some_and(|id| id != c.client) {
-                continue;
-            }
-            c.control(msg.clone());
-            n += 1;
-        }
-        n
+    /// Subscribes the sessions of `user` (all, or the one `client`), on every node, to
+    /// `channel`, whose namespace must exist. Returns once the command is sent.
+    pub async fn subscribe_user(
+        &self,
+        user: &str,
+        client: Option<&str>,
+        channel: &str,
+    ) -> Result<(), NodeError> {
+        self.channel_options(channel)?;
+        self.broadcast_control(ControlCommand::Subscribe {
+            user: user.to_string(),
+            client: client.map(str::to_string),
+            channel: channel.to_string(),
+        })
+        .await
     }
 
-    /// Disconnects a user's sessions (all, or one client), except whitelisted client ids.
-    pub fn disconnect_user(
+    /// Ends the subscriptions of `user`'s sessions (all, or the one `client`), on every
+    /// node, to `channel`.
+    pub async fn unsubscribe_user(
+        &self,
+        user: &str,
+        client: Option<&str>,
+        channel: &str,
+    ) -> Result<(), NodeError> {
+        self.broadcast_control(ControlCommand::Unsubscribe {
+            user: user.to_string(),
+            client: client.map(str::to_string),
+            channel: channel.to_string(),
+        })
+        .await
+    }
+
+    /// Closes the connections of `user` (all, or the one `client`), on every node, except
+    /// the client ids in `whitelist`.
+    pub async fn disconnect_user(
         &self,
         user: &str,
         client: Option<&str>,
         whitelist: &[String],
-        disconnect: Disconnect,
-    ) {
-        for c in self.hub.user_clients(user) {
-            if client.is_some_and(|id| id != c.client) || whitelist.contains(&c.client) {
-                continue;
-            }
-            c.queue.close(disconnect.clone());
+        disconnect: &Disconnect,
+    ) -> Result<(), NodeError> {
+        self.broadcast_control(ControlCommand::Disconnect {
+            user: user.to_string(),
+            client: client.map(str::to_string),
+            whitelist: whitelist.to_vec(),
+            code: disconnect.code,
+            reason: disconnect.reason.to_string(),
+        })
+        .await
+    }
+
+    /// Changes the expiry of `user`'s connections (all, or the one `client`), on every
+    /// node: `expire_at` in Unix seconds (`None`: never), or now when `expired`.
+    pub async fn refresh_user(
+        &self,
+        user: &str,
+        client: Option<&str>,
+        expire_at: Option<i64>,
+        expired: bool,
+    ) -> Result<(), NodeError> {
+        self.broadcast_control(ControlCommand::Refresh {
+            user: user.to_string(),
+            client: client.map(str::to_string),
+            expire_at,
+            expired,
+        })
+        .await
+    }
+
+    /// Hands commands posted to `/emulation` to the session they are for: on this node
+    /// directly (waiting for room in its inbox), on another live node through the
+    /// controller.
+    pub async fn emulation(
+        &self,
+        node: &str,
+        session: &str,
+        data: Bytes,
+    ) -> Result<Emulation, NodeError> {
+        if node == self.uid {
+            return Ok(match self.hub.session(session) {
+                Some(c) if c.send_frame(data).await => Emulation::Delivered,
+                _ => Emulation::SessionGone,
+            });
         }
+        if !self.is_live(node) {
+            return Ok(Emulation::UnknownNode);
+        }
+        let message = ControlMessage {
+            from: self.uid.clone(),
+            to: Some(node.to_string()),
+            command: ControlCommand::Emulation {
+                session: session.to_string(),
+                data,
+            },
+        };
+        self.engine.control.publish(message).await?;
+        Ok(Emulation::Forwarded)
+    }
+
+    /// Whether another node with this uid announced itself recently.
+    fn is_live(&self, uid: &str) -> bool {
+        self.nodes
+            .lock()
+            .get(uid)
+            .is_some_and(|(_, seen)| seen.elapsed() < NODE_TTL)
+    }
+
+    /// Every live node: this one first, then the others that announced themselves
+    /// recently, by name and uid.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        let mut others: Vec<NodeInfo> = {
+            let mut nodes = self.nodes.lock();
+            nodes.retain(|_, (_, seen)| seen.elapsed() < NODE_TTL);
+            nodes.values().map(|(info, _)| info.clone()).collect()
+        };
+        others.sort_by(|a, b| (&a.name, &a.uid).cmp(&(&b.name, &b.uid)));
+        let mut all = vec![self.info()];
+        all.extend(others);
+        all
+    }
+
+    /// Channels with subscribers on this node, with their subscriber counts.
+    pub fn channels(&self) -> Vec<(String, usize)> {
+        self.hub.channels()
+    }
+
+    /// This node's connected clients, as (user, client id).
+    pub fn connections(&self) -> Vec<(String, String)> {
+        self.hub
+            .all_clients()
+            .iter()
+            .map(|c| (c.user(), c.client.clone()))
+            .collect()
+    }
+
+    /// How many connections `user` has on this node.
+    pub fn user_connections(&self, user: &str) -> usize {
+        self.hub.user_clients(user).len()
     }
 
     /// Counts for this node.

@@ -29,10 +29,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::api::{self, Executor};
 use crate::config::{ChannelOptions, Config, Namespace};
-use crate::engine::{ClientInfo, HistoryFilter};
-use crate::error::Disconnect;
-use crate::node::{Node, NodeError};
+use crate::engine::ClientInfo;
+use crate::error::{ClientError, Disconnect};
+use crate::node::Node;
 
 /// The namespace the demo's rooms live in (`chat:<room>`).
 pub const DEMO_NAMESPACE: &str = "chat";
@@ -188,6 +189,13 @@ struct Web {
     session_key: Arc<Vec<u8>>,
 }
 
+impl Web {
+    /// The server-API executor: the console's data actions are server-API methods.
+    fn executor(&self) -> Executor {
+        Executor::new(self.node.clone())
+    }
+}
+
 /// The demo's and the console's routes, as configured (an empty router when both are off).
 pub fn router(node: Arc<Node>) -> Router {
     let cfg = node.config.clone();
@@ -274,11 +282,16 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-fn node_error(e: NodeError) -> Response {
-    let message = match &e {
-        NodeError::UnknownChannel => "unknown channel: its namespace is not configured".to_owned(),
-        NodeError::NotAvailable => "not available: off in this channel's namespace".to_owned(),
-        other => other.to_string(),
+/// A server-API method's failure as a console error (400, with a message for people).
+fn api_error(e: ClientError) -> Response {
+    let message = match e.code {
+        c if c == ClientError::UNKNOWN_CHANNEL.code => {
+            "unknown channel: its namespace is not configured".to_owned()
+        }
+        c if c == ClientError::NOT_AVAILABLE.code => {
+            "not available: off in this channel's namespace".to_owned()
+        }
+        _ => e.message.into_owned(),
     };
     error(StatusCode::BAD_REQUEST, message)
 }
@@ -355,7 +368,6 @@ async fn demo_rooms(State(web): State<Web>) -> Response {
     );
     let mut rooms: Vec<Value> = web
         .node
-        .hub
         .channels()
         .into_iter()
         .filter_map(|(ch, n)| {
@@ -521,7 +533,7 @@ async fn info(State(web): State<Web>) -> Response {
 
 /// `GET /console/api/channels`: channels with subscribers on this node, most subscribed first.
 async fn channels(State(web): State<Web>) -> Response {
-    let mut list = web.node.hub.channels();
+    let mut list = web.node.channels();
     list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let total = list.len();
     list.truncate(MAX_LIST_ROWS);
@@ -534,13 +546,7 @@ async fn channels(State(web): State<Web>) -> Response {
 
 /// `GET /console/api/connections`: this node's connections (client id and user).
 async fn connections(State(web): State<Web>) -> Response {
-    let mut list: Vec<(String, String)> = web
-        .node
-        .hub
-        .all_clients()
-        .iter()
-        .map(|c| (c.user(), c.client.clone()))
-        .collect();
+    let mut list = web.node.connections();
     list.sort();
     let total = list.len();
     list.truncate(MAX_LIST_ROWS);
@@ -575,14 +581,17 @@ async fn presence(State(web): State<Web>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    match web.node.presence(&req.channel).await {
+    let request = api::ChannelRequest {
+        channel: req.channel,
+    };
+    match web.executor().presence(request).await {
         Ok(p) => {
-            let mut clients: Vec<&ClientInfo> = p.values().collect();
+            let mut clients: Vec<&ClientInfo> = p.presence.values().collect();
             clients.sort_by(|a, b| (&a.user, &a.client).cmp(&(&b.user, &b.client)));
             let rows: Vec<Value> = clients.into_iter().map(client_json).collect();
             axum::Json(json!({ "clients": rows })).into_response()
         }
-        Err(e) => node_error(e),
+        Err(e) => api_error(e),
     }
 }
 
@@ -592,12 +601,14 @@ async fn history(State(web): State<Web>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let filter = HistoryFilter {
+    let limit = req.limit.unwrap_or(20).clamp(1, MAX_HISTORY_ROWS);
+    let request = api::HistoryRequest {
+        channel: req.channel,
+        limit: Some(i64::try_from(limit).unwrap_or(i64::MAX)),
         since: None,
-        limit: Some(req.limit.unwrap_or(20).clamp(1, MAX_HISTORY_ROWS)),
         reverse: true,
     };
-    match web.node.history(&req.channel, &filter).await {
+    match web.executor().history(request).await {
         Ok(h) => {
             let pubs: Vec<Value> = h
                 .publications
@@ -613,12 +624,12 @@ async fn history(State(web): State<Web>, body: Bytes) -> Response {
                 .collect();
             axum::Json(json!({
                 "publications": pubs,
-                "offset": h.position.offset,
-                "epoch": h.position.epoch,
+                "offset": h.offset,
+                "epoch": h.epoch,
             }))
             .into_response()
         }
-        Err(e) => node_error(e),
+        Err(e) => api_error(e),
     }
 }
 
@@ -634,14 +645,14 @@ async fn publish(State(web): State<Web>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let data = Bytes::from(req.data.to_string());
-    match web
-        .node
-        .publish(&req.channel, data, None, HashMap::new(), false)
-        .await
-    {
+    let request = api::PublishRequest {
+        channel: req.channel,
+        data: Some(Bytes::from(req.data.to_string())),
+        ..Default::default()
+    };
+    match web.executor().publish(request).await {
         Ok(pos) => axum::Json(json!({ "offset": pos.offset, "epoch": pos.epoch })).into_response(),
-        Err(e) => node_error(e),
+        Err(e) => api_error(e),
     }
 }
 
@@ -653,7 +664,8 @@ struct DisconnectRequest {
 }
 
 /// `POST /console/api/disconnect {"user": U, "reconnect": B}`: closes every connection of U
-/// on this node, with "force reconnect" (3011) or "force disconnect" (3503, the default).
+/// (on every node), with "force reconnect" (3011) or "force disconnect" (3503, the
+/// default); answers how many of them were on this node.
 async fn disconnect(State(web): State<Web>, body: Bytes) -> Response {
     let req: DisconnectRequest = match parse(&web.node, &body) {
         Ok(r) => r,
@@ -662,14 +674,24 @@ async fn disconnect(State(web): State<Web>, body: Bytes) -> Response {
     if req.user.is_empty() {
         return error(StatusCode::BAD_REQUEST, "user required");
     }
-    let n = web.node.hub.user_clients(&req.user).len();
+    let n = web.node.user_connections(&req.user);
     let d = if req.reconnect {
         Disconnect::FORCE_RECONNECT
     } else {
         Disconnect::FORCE_NO_RECONNECT
     };
-    web.node.disconnect_user(&req.user, None, &[], d);
-    axum::Json(json!({ "disconnected": n })).into_response()
+    let request = api::DisconnectRequest {
+        user: req.user,
+        disconnect: Some(api::DisconnectSpec {
+            code: d.code,
+            reason: d.reason.into_owned(),
+        }),
+        ..Default::default()
+    };
+    match web.executor().disconnect(request).await {
+        Ok(_) => axum::Json(json!({ "disconnected": n })).into_response(),
+        Err(e) => api_error(e),
+    }
 }
 
 #[cfg(test)]

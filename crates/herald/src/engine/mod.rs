@@ -1,10 +1,13 @@
-//! The engine: the two seams that swap at run time. [`Broker`] moves publications, join and
+//! The engine: the seams that swap at run time. [`Broker`] moves publications, join and
 //! leave events between nodes and keeps each channel's history stream; [`PresenceManager`]
-//! keeps who is subscribed where. [`Engine`] holds the pair with the background work they
-//! own and is built from `engine.type` by [`Engine::build`]; `Node` never names a concrete
-//! engine. `memory` is the single-process default; `redis` shares channels, history and
-//! presence between nodes.
+//! keeps who is subscribed where; [`control::Controller`] carries commands between nodes
+//! (disconnect a user, an emulation frame for a session elsewhere, node announcements).
+//! [`Engine`] holds them with the background work they own and is built from
+//! `engine.type` by [`Engine::build`]; `Node` never names a concrete engine. `memory` is
+//! the single-process default; `redis` shares channels, history and presence between
+//! nodes.
 
+pub mod control;
 pub mod memory;
 pub mod redis;
 
@@ -204,13 +207,16 @@ pub trait Lifecycle: Send + Sync {
     async fn close(&self);
 }
 
-/// A broker and a presence manager, with the background work behind them.
+/// A broker, a presence manager and a controller, with the background work behind them.
 #[derive(Clone)]
 pub struct Engine {
     /// Channel events between nodes and history streams.
     pub broker: Arc<dyn Broker>,
     /// Who is in which channel.
     pub presence: Arc<dyn PresenceManager>,
+    /// Commands between nodes; [`control::MemoryController`] unless
+    /// [`Engine::with_control`] set another.
+    pub control: Arc<dyn control::Controller>,
     /// Started by [`Engine::start`], stopped by [`Engine::close`].
     parts: Vec<Arc<dyn Lifecycle>>,
 }
@@ -236,7 +242,8 @@ impl Engine {
         )
     }
 
-    /// An engine from its parts; `parts` are started and closed with it.
+    /// An engine from its parts, with the single-process controller; `parts` are started
+    /// and closed with it.
     pub fn new(
         broker: Arc<dyn Broker>,
         presence: Arc<dyn PresenceManager>,
@@ -245,8 +252,21 @@ impl Engine {
         Engine {
             broker,
             presence,
+            control: Arc::new(control::MemoryController::new()),
             parts,
         }
+    }
+
+    /// The same engine with another controller (a networked engine's); `part`, when
+    /// given, is started and closed with the others.
+    pub fn with_control(
+        mut self,
+        control: Arc<dyn control::Controller>,
+        part: Option<Arc<dyn Lifecycle>>,
+    ) -> Engine {
+        self.control = control;
+        self.parts.extend(part);
+        self
     }
 
     /// Starts the background work of every part.

@@ -1,8 +1,11 @@
 //! `POST /emulation`: commands from emulation clients (HTTP streaming, SSE) for a session
 //! that streams on another request. The body is `{session, node, data}` (JSON, `data` the
 //! JSON lines as a string) or an EmulationRequest (Protobuf, `data` length-prefixed
-//! commands). 404 when the node is not this one (the client then reconnects), 204 when the
-//! session is gone, 200 when the commands were handed to the session.
+//! commands). The node hands the commands to the session, on this node or, through the
+//! engine's controller, on the node that holds it (so emulation needs no sticky sessions):
+//! 200 when they were handed over (or sent to that node), 204 when the session is not on
+//! this node any more, 404 when no live node has that id (the client then reconnects),
+//! 503 when the controller could not send them.
 
 use std::sync::Arc;
 
@@ -15,7 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::is_protobuf_request;
-use crate::node::Node;
+use crate::node::{Emulation, Node};
 use crate::protocol::proto::EmulationRequest;
 
 #[derive(Deserialize)]
@@ -51,11 +54,10 @@ pub async fn handler(State(node): State<Arc<Node>>, headers: HeaderMap, body: By
         };
         (r.session, r.node, data)
     };
-    if target != node.uid() {
-        return (StatusCode::NOT_FOUND, "unknown node").into_response();
-    }
-    match node.hub.session(&session) {
-        Some(handle) if handle.send_frame(data).await => StatusCode::OK.into_response(),
-        _ => StatusCode::NO_CONTENT.into_response(),
+    match node.emulation(&target, &session, data).await {
+        Ok(Emulation::Delivered | Emulation::Forwarded) => StatusCode::OK.into_response(),
+        Ok(Emulation::SessionGone) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Emulation::UnknownNode) => (StatusCode::NOT_FOUND, "unknown node").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
 }

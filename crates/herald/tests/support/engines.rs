@@ -1,4 +1,5 @@
-//! Engines for tests: the memory engine behind a broker that behaves like a remote one.
+//! Engines for tests: the memory engine behind a broker that behaves like a remote one,
+//! and controllers that join several nodes of one process.
 //!
 //! [`RemoteLike`] wraps the memory broker. Like a broker reached over the network (Redis
 //! PUB/SUB), it delivers a channel's events to the node only while the node is subscribed,
@@ -11,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use herald::engine::control::{ControlHandler, ControlMessage, Controller};
 use herald::engine::memory::{MemoryBroker, MemoryPresence};
 use herald::engine::{
     Broker, BrokerEventHandler, ClientInfo, Engine, EngineError, HistoryFilter, HistoryResult,
@@ -165,5 +167,48 @@ impl Broker for RemoteLike {
 
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
         self.inner.remove_history(channel).await
+    }
+}
+
+/// Joins the controllers of several nodes in one process, as a PUB/SUB channel joins
+/// nodes: a message published by any of them reaches every node's handler (the nodes
+/// pick out what is theirs). Messages go through their byte encoding, as on a network.
+#[derive(Default)]
+pub struct ControlBus {
+    handlers: Mutex<Vec<Arc<dyn ControlHandler>>>,
+}
+
+impl ControlBus {
+    /// An empty bus.
+    pub fn new() -> Arc<ControlBus> {
+        Arc::new(ControlBus::default())
+    }
+
+    /// A memory engine whose controller is on this bus.
+    pub fn engine(self: &Arc<Self>) -> Engine {
+        Engine::memory().with_control(Arc::new(BusController { bus: self.clone() }), None)
+    }
+}
+
+/// One node's end of a [`ControlBus`].
+pub struct BusController {
+    bus: Arc<ControlBus>,
+}
+
+#[async_trait]
+impl Controller for BusController {
+    fn register_handler(&self, handler: Arc<dyn ControlHandler>) {
+        self.bus.handlers.lock().push(handler);
+    }
+
+    async fn publish(&self, message: ControlMessage) -> Result<(), EngineError> {
+        let bytes = message.encode();
+        let handlers = self.bus.handlers.lock().clone();
+        for h in handlers {
+            let decoded = ControlMessage::decode(&bytes)
+                .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+            h.handle_control(decoded);
+        }
+        Ok(())
     }
 }

@@ -12,6 +12,7 @@
 //! | `P.presence.data.{C}` | hash | client id → encoded client info |
 //! | `P.presence.expire.{C}` | sorted set | client id → expiry time (ms, Redis clock) |
 //! | `P.client.C` | PUB/SUB channel | the channel's events for the nodes subscribed to it |
+//! | `P.control` | PUB/SUB channel (first instance) | node-to-node control messages ([`RedisController`]) |
 //!
 //! The channel sits in a hash tag (`{C}`), so that a channel's keys share a Redis Cluster
 //! slot and one script may touch them all. PUB/SUB payloads are `p<offset>:<epoch>:<pub>`
@@ -30,12 +31,14 @@
 //! the first connection and again after a failure that may mean a failover.
 
 mod broker;
+mod control;
 mod presence;
 mod shard;
 
 use std::sync::Arc;
 
 pub use broker::RedisBroker;
+pub use control::RedisController;
 pub use presence::RedisPresence;
 
 use super::{Engine, EngineError, Lifecycle};
@@ -47,12 +50,12 @@ use shard::Shard;
 pub fn build(config: &RedisConfig) -> Result<Engine, EngineError> {
     let shards = Arc::new(Shards::new(config)?);
     let broker = Arc::new(RedisBroker::new(shards.clone()));
+    let control = Arc::new(RedisController::new(shards.clone()));
     let presence = Arc::new(RedisPresence::new(shards));
-    Ok(Engine::new(
-        broker.clone(),
-        presence,
-        vec![broker as Arc<dyn Lifecycle>],
-    ))
+    Ok(
+        Engine::new(broker.clone(), presence, vec![broker as Arc<dyn Lifecycle>])
+            .with_control(control.clone(), Some(control as Arc<dyn Lifecycle>)),
+    )
 }
 
 /// The Redis instances of `engine.redis.address` and the key names on them.
@@ -114,6 +117,11 @@ impl Keys {
 
     fn pubsub(&self, channel: &str) -> Vec<u8> {
         format!("{}.client.{channel}", self.prefix).into_bytes()
+    }
+
+    /// The PUB/SUB channel of node-to-node control messages (on the first instance).
+    fn control(&self) -> Vec<u8> {
+        format!("{}.control", self.prefix).into_bytes()
     }
 
     /// The Herald channel of a PUB/SUB channel name, if it is one of ours.
