@@ -576,7 +576,9 @@ pub struct RedisConfig {
     /// `engine.redis.address`: one address (a string) or several (a list). Each is
     /// `redis://[user[:password]@]host[:port][/db]`, `rediss://…` (TLS) or a bare
     /// `host:port`. Several addresses shard channels over independent Redis instances
-    /// by consistent hashing of the channel name. Default `["redis://127.0.0.1:6379"]`.
+    /// by consistent hashing of the channel name. A Redis Cluster is detected; its other
+    /// nodes may be given as `?addr=host:port&addr=…`. Default
+    /// `["redis://127.0.0.1:6379"]`.
     #[serde(deserialize_with = "string_or_list")]
     pub address: Vec<String>,
     /// `engine.redis.prefix`: starts every Redis key and PUB/SUB channel Herald uses, so
@@ -650,12 +652,34 @@ pub struct RedisAddress {
     pub user: String,
     /// Password ("" for none).
     pub password: String,
+    /// More nodes of the same Redis Cluster, or more Sentinels (`?addr=host:port`,
+    /// repeatable): where to start when the first one is unreachable.
+    pub seeds: Vec<(String, u16)>,
+    /// `redis+sentinel://`: `host`, `port` and `seeds` are Sentinels, which name the
+    /// master to use; `user` and `password` remain the master's.
+    pub sentinel: Option<SentinelOptions>,
+}
+
+/// The Sentinel part of a `redis+sentinel://` address.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelOptions {
+    /// `sentinel_master_name`: the monitored master's name. Required.
+    pub master_name: String,
+    /// `sentinel_user`: ACL user on the Sentinels ("" for none).
+    pub user: String,
+    /// `sentinel_password`: password on the Sentinels ("" for none).
+    pub password: String,
 }
 
 impl fmt::Display for RedisAddress {
     /// The address without its password, for logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = if self.tls { "rediss" } else { "redis" };
+        let scheme = match (self.tls, self.sentinel.is_some()) {
+            (false, false) => "redis",
+            (true, false) => "rediss",
+            (false, true) => "redis+sentinel",
+            (true, true) => "rediss+sentinel",
+        };
         write!(f, "{scheme}://")?;
         if !self.user.is_empty() {
             write!(f, "{}@", self.user)?;
@@ -665,7 +689,11 @@ impl fmt::Display for RedisAddress {
         } else {
             self.host.clone()
         };
-        write!(f, "{host}:{}/{}", self.port, self.db)
+        write!(f, "{host}:{}/{}", self.port, self.db)?;
+        if let Some(s) = &self.sentinel {
+            write!(f, "?sentinel_master_name={}", s.master_name)?;
+        }
+        Ok(())
     }
 }
 
@@ -694,15 +722,14 @@ impl RedisConfig {
         };
         let shown = |why: &str| format!("{}: {why}", redact_url(text));
         let url = url::Url::parse(&with_scheme).map_err(|e| shown(&e.to_string()))?;
-        let tls = match url.scheme() {
-            "redis" => false,
-            "rediss" => true,
-            "redis+sentinel" | "rediss+sentinel" => {
-                return Err(shown("Redis Sentinel is not supported yet"));
-            }
+        let (tls, sentinel) = match url.scheme() {
+            "redis" => (false, false),
+            "rediss" => (true, false),
+            "redis+sentinel" => (false, true),
+            "rediss+sentinel" => (true, true),
             other => {
                 return Err(shown(&format!(
-                    "unknown scheme {other:?}, expected redis:// or rediss://"
+                    "unknown scheme {other:?}, expected redis://, rediss:// or redis+sentinel://"
                 )));
             }
         };
@@ -717,7 +744,7 @@ impl RedisConfig {
         if host.is_empty() {
             return Err(shown("no host"));
         }
-        let port = url.port().unwrap_or(6379);
+        let port = url.port().unwrap_or(if sentinel { 26379 } else { 6379 });
         let db = match url.path().trim_matches('/') {
             "" => self.db,
             db => db
@@ -738,10 +765,49 @@ impl RedisConfig {
             Some(p) => decode(p)?,
             None => self.password.clone(),
         };
-        if let Some((key, _)) = url.query_pairs().next() {
-            return Err(shown(&format!("unsupported address parameter {key:?}")));
+        let mut seeds = Vec::new();
+        let mut master_name = String::new();
+        let (mut sentinel_user, mut sentinel_password) = (String::new(), String::new());
+        for (key, value) in url.query_pairs() {
+            match &*key {
+                "addr" => {}
+                "sentinel_master_name" if sentinel => {
+                    master_name = value.into_owned();
+                    continue;
+                }
+                "sentinel_user" if sentinel => {
+                    sentinel_user = value.into_owned();
+                    continue;
+                }
+                "sentinel_password" if sentinel => {
+                    sentinel_password = value.into_owned();
+                    continue;
+                }
+                _ => return Err(shown(&format!("unsupported address parameter {key:?}"))),
+            }
+            let (h, p) = value
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+                .ok_or_else(|| shown(&format!("addr={value:?} is not host:port")))?;
+            seeds.push((h.to_owned(), p));
         }
+        let sentinel = if sentinel {
+            if master_name.is_empty() {
+                return Err(shown(
+                    "sentinel_master_name is required with redis+sentinel://",
+                ));
+            }
+            Some(SentinelOptions {
+                master_name,
+                user: sentinel_user,
+                password: sentinel_password,
+            })
+        } else {
+            None
+        };
         Ok(RedisAddress {
+            seeds,
+            sentinel,
             host,
             port,
             tls,
@@ -2401,6 +2467,44 @@ mod tests {
             "no password shown"
         );
         assert!(!format!("{:?}", cfg.engine.redis).contains("p@ss"));
+        assert!(s.seeds.is_empty());
+        let mut seeded = cfg.engine.redis.clone();
+        seeded.address = vec!["redis://h1:7000?addr=h2:7001&addr=[::1]:7002".into()];
+        assert_eq!(
+            seeded.shards().unwrap()[0].seeds,
+            [("h2".to_string(), 7001), ("::1".to_string(), 7002)]
+        );
+        seeded.address = vec![
+            "redis+sentinel://:pw@s1?sentinel_master_name=m&addr=s2:26380&sentinel_password=sp"
+                .into(),
+        ];
+        let sentinel = &seeded.shards().unwrap()[0];
+        assert_eq!((sentinel.host.as_str(), sentinel.port), ("s1", 26379));
+        assert_eq!(sentinel.seeds, [("s2".to_string(), 26380)]);
+        assert_eq!(sentinel.password, "pw", "the master's password");
+        let opts = sentinel.sentinel.as_ref().unwrap();
+        assert_eq!(
+            (opts.master_name.as_str(), opts.password.as_str()),
+            ("m", "sp")
+        );
+        assert_eq!(
+            sentinel.to_string(),
+            "redis+sentinel://s1:26379/0?sentinel_master_name=m"
+        );
+        seeded.address = vec!["redis+sentinel://s1".into()];
+        assert!(
+            seeded
+                .shards()
+                .unwrap_err()
+                .contains("sentinel_master_name is required")
+        );
+        seeded.address = vec!["redis://h1:7000?addr=h2".into()];
+        assert!(
+            seeded
+                .shards()
+                .unwrap_err()
+                .contains("addr=\"h2\" is not host:port")
+        );
 
         let (cfg, _) = load_str(
             "yaml",
@@ -3016,7 +3120,7 @@ force_recovery = true
         cfg.engine.redis.address = vec!["mysql://127.0.0.1".to_owned()];
         assert_eq!(
             validation_error(&cfg),
-            "engine.redis.address: mysql://127.0.0.1: unknown scheme \"mysql\", expected redis:// or rediss://"
+            "engine.redis.address: mysql://127.0.0.1: unknown scheme \"mysql\", expected redis://, rediss:// or redis+sentinel://"
         );
         cfg.engine.redis.address = vec!["redis://u:secret@127.0.0.1:6379/x".to_owned()];
         assert_eq!(

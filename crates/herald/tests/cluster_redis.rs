@@ -13,7 +13,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use common::Herald;
-use common::redis_server::RedisServer;
+use common::redis_server::{RedisCluster, RedisSentinel, RedisServer};
 use herald::protocol::Encoding;
 use serde_json::{Value, json};
 use support::{Api, Client, cmd, payload_json};
@@ -314,4 +314,105 @@ async fn channels_are_sharded_over_several_redis_instances() {
             .await;
         assert_eq!(h["publications"][0]["data"]["n"], json!(i), "{c}: {h}");
     }
+}
+
+/// Redis Cluster, detected from an ordinary `redis://` address (the other nodes as
+/// `addr=` seeds): channels land on every master, and two Herald nodes still act as one
+/// (delivery across nodes in order, history, presence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let on_cluster = json!({"engine": {"redis": {"address": cluster.url()}}});
+    let a = node_with(&cluster.nodes[0], on_cluster.clone());
+    let b = node_with(&cluster.nodes[0], on_cluster);
+    let channels: Vec<String> = (0..12).map(|i| format!("chat:cluster-{i}")).collect();
+    let mut alice = connected(&a, "alice").await;
+    let mut bob = connected(&b, "bob").await;
+    for c in &channels {
+        alice.subscribe(c).await;
+        bob.subscribe(c).await;
+    }
+    let api_b = api(&b);
+    for round in 1..=3 {
+        for c in &channels {
+            let r = api_b.publish(c, json!({"n": round})).await;
+            assert_eq!(r["offset"], json!(round), "{c}: {r}");
+        }
+    }
+    let mut got: std::collections::HashMap<String, Vec<(u64, i64)>> = Default::default();
+    for _ in 0..channels.len() * 3 {
+        let p = alice
+            .push_where("a publication", |p| p.r#pub.is_some())
+            .await;
+        let publication = p.r#pub.unwrap();
+        let n = payload_json(&publication.data)["n"].as_i64().unwrap();
+        got.entry(p.channel)
+            .or_default()
+            .push((publication.offset, n));
+    }
+    for c in &channels {
+        assert_eq!(got[c], vec![(1, 1), (2, 2), (3, 3)], "{c} on node A");
+    }
+    let masters_with_keys = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.cmd(&["DBSIZE"]) != ":0")
+        .count();
+    assert_eq!(masters_with_keys, 3, "channels spread over every master");
+    let h = api(&a)
+        .ok("history", json!({"channel": channels[5], "limit": 10}))
+        .await;
+    assert_eq!(h["publications"].as_array().unwrap().len(), 3, "{h}");
+    let stats = api(&a)
+        .ok("presence_stats", json!({"channel": channels[7]}))
+        .await;
+    assert_eq!(stats, json!({"num_clients": 2, "num_users": 2}));
+}
+
+/// `redis+sentinel://`: the nodes ask the Sentinel for the master. When the master dies
+/// the Sentinel promotes its replica; publishing resumes on the new master (offsets go on
+/// in the same epoch, the replica had the streams) and subscribers get every publication
+/// acknowledged before and after, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_keeps_the_cluster_publishing() {
+    let mut sentinel = RedisSentinel::start();
+    let on_sentinel = json!({"engine": {"redis": {"address": sentinel.url()}}});
+    let a = node_with(&sentinel.master, on_sentinel.clone());
+    let b = node_with(&sentinel.master, on_sentinel);
+    let channel = "chat:sentinel";
+    let mut alice = connected(&a, "alice").await;
+    alice.subscribe(channel).await;
+    let api_b = api(&b);
+    for n in 1..=10 {
+        api_b.publish(channel, json!({"n": n})).await;
+    }
+    let first: Vec<(u64, i64)> = (1..=10).map(|n| (n as u64, n)).collect();
+    assert_eq!(publications(&mut alice, channel, 10).await, first);
+    // Let the replica catch up before its master dies.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old_master = sentinel.master.port;
+    sentinel.master.kill();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let r = loop {
+        let r = api_b
+            .call("publish", json!({"channel": channel, "data": {"n": 11}}))
+            .await;
+        if let Some(result) = r.get("result") {
+            break result.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no publish after the failover: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(sentinel.master_port(), Some(sentinel.replica.port));
+    assert_ne!(sentinel.replica.port, old_master);
+    assert_eq!(r["offset"], json!(11), "the stream went on: {r}");
+    api_b.publish(channel, json!({"n": 12})).await;
+    assert_eq!(
+        publications(&mut alice, channel, 2).await,
+        vec![(11, 11), (12, 12)]
+    );
 }

@@ -1,6 +1,6 @@
 //! One conformance suite for every engine: what `Broker` and `PresenceManager` promise,
-//! checked against the memory engine and the Redis engine on a real `redis-server`
-//! (started per test on a free loopback port, no persistence).
+//! checked against the memory engine, the Redis engine on a real `redis-server` (started
+//! per test on a free loopback port, no persistence) and on a three-node Redis Cluster.
 //!
 //! Each check is an `async fn(&mut Harness)`; [`conformance!`] runs it once per engine.
 //! A new engine adds a constructor to [`Harness`] and a module to the macro. The suite
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::redis_server::RedisServer;
+use common::redis_server::{RedisCluster, RedisServer};
 use herald::config::{EngineConfig, EngineType, RedisConfig};
 use herald::engine::{
     BrokerEventHandler, ClientInfo, Engine, HistoryFilter, Publication, PublishOptions,
@@ -104,37 +104,51 @@ impl Recorder {
 struct Harness {
     engine: Engine,
     events: Arc<Recorder>,
-    redis: Option<RedisServer>,
+    backend: Backend,
+}
+
+/// What the engine runs on (kept alive with the harness).
+enum Backend {
+    Memory,
+    Redis(RedisServer),
+    Cluster(RedisCluster),
 }
 
 impl Harness {
     fn memory() -> Harness {
-        Self::on(Engine::memory(), None)
+        Self::on(Engine::memory(), Backend::Memory)
     }
 
     fn redis() -> Harness {
         let server = RedisServer::start();
-        let engine = Engine::build(&redis_config(&server)).expect("redis engine builds");
-        Self::on(engine, Some(server))
+        let engine = Engine::build(&redis_config(server.url())).expect("redis engine builds");
+        Self::on(engine, Backend::Redis(server))
     }
 
-    fn on(engine: Engine, redis: Option<RedisServer>) -> Harness {
+    fn redis_cluster() -> Harness {
+        let cluster = RedisCluster::start();
+        let engine = Engine::build(&redis_config(cluster.url())).expect("redis engine builds");
+        Self::on(engine, Backend::Cluster(cluster))
+    }
+
+    fn on(engine: Engine, backend: Backend) -> Harness {
         let events = Arc::new(Recorder::default());
         engine.broker.register_handler(events.clone());
         engine.start();
         Harness {
             engine,
             events,
-            redis,
+            backend,
         }
     }
 
     /// Every stream and presence entry is lost: the memory engine restarts, Redis is
     /// flushed (as a Redis restarted without persistence is).
     async fn lose_everything(&mut self) {
-        match &self.redis {
-            Some(server) => server.flushall(),
-            None => {
+        match &self.backend {
+            Backend::Redis(server) => server.flushall(),
+            Backend::Cluster(cluster) => cluster.nodes.iter().for_each(RedisServer::flushall),
+            Backend::Memory => {
                 self.engine.close().await;
                 *self = Self::memory();
             }
@@ -163,11 +177,11 @@ impl Harness {
     }
 }
 
-fn redis_config(server: &RedisServer) -> EngineConfig {
+fn redis_config(url: String) -> EngineConfig {
     EngineConfig {
         kind: EngineType::Redis,
         redis: RedisConfig {
-            address: vec![server.url()],
+            address: vec![url],
             io_timeout: Duration::from_secs(2),
             ..Default::default()
         },
@@ -515,6 +529,14 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
                 let mut h = super::Harness::redis();
+                super::$check(&mut h).await;
+                h.engine.close().await;
+            }
+        )+}
+        mod redis_cluster {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let mut h = super::Harness::redis_cluster();
                 super::$check(&mut h).await;
                 h.engine.close().await;
             }

@@ -19,19 +19,28 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct RedisServer {
     /// Its TCP port on 127.0.0.1.
     pub port: u16,
+    /// Arguments beyond the defaults, kept for a restart.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// Starts redis-server on a free port of 127.0.0.1 and waits until it answers PING.
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Like [`RedisServer::start`], with more `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut last = String::new();
         for _ in 0..3 {
             let port = super::free_port();
-            match Self::spawn(port) {
+            match Self::spawn(port, &extra) {
                 Ok(child) => {
                     return RedisServer {
                         port,
+                        extra,
                         child: Some(child),
                     };
                 }
@@ -41,7 +50,7 @@ impl RedisServer {
         panic!("redis-server did not start: {last}");
     }
 
-    fn spawn(port: u16) -> Result<Child, String> {
+    fn spawn(port: u16, extra: &[String]) -> Result<Child, String> {
         let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
         // In the temp dir: whatever Redis might write (an RDB on some commands) never lands
         // in the repository.
@@ -52,6 +61,7 @@ impl RedisServer {
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .args(["--protected-mode", "no"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -111,7 +121,7 @@ impl RedisServer {
         self.kill();
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            match Self::spawn(self.port) {
+            match Self::spawn(self.port, &self.extra) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -154,4 +164,235 @@ fn command(port: u16, args: &[&str]) -> std::io::Result<String> {
         return Err(std::io::Error::other("connection closed without a reply"));
     }
     Ok(line.trim_end().to_string())
+}
+
+/// A Redis Cluster of three masters (no replicas) on loopback ports, made with
+/// `redis-cli --cluster create` (Debian's redis-tools, installed with redis-server); its
+/// nodes keep their cluster state in a temporary directory, removed with the handle.
+pub struct RedisCluster {
+    /// The masters.
+    pub nodes: Vec<RedisServer>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts three cluster nodes and joins them; waits until the cluster is ok.
+    pub fn start() -> RedisCluster {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "herald-redis-cluster-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let dir_arg = dir.to_string_lossy().to_string();
+        let mut nodes = Vec::new();
+        let mut n = 0;
+        while nodes.len() < 3 {
+            n += 1;
+            let node = RedisServer::start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &format!("nodes-{n}.conf"),
+                "--cluster-node-timeout",
+                "2000",
+                "--dir",
+                &dir_arg,
+            ]);
+            // The cluster bus listens on port + 10000.
+            if node.port <= 55000 {
+                nodes.push(node);
+            }
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !nodes.iter().all(|n| cluster_ok(n.port)) {
+            assert!(Instant::now() < deadline, "the cluster did not become ok");
+            thread::sleep(Duration::from_millis(100));
+        }
+        RedisCluster { nodes, dir }
+    }
+
+    /// `redis://` of the first node, with the others as `addr=` seeds.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self.nodes[1..]
+            .iter()
+            .map(|n| format!("addr=127.0.0.1:{}", n.port))
+            .collect();
+        format!("{}?{}", self.nodes[0].url(), seeds.join("&"))
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether the node on `port` says `cluster_state:ok`.
+fn cluster_ok(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"*2\r\n$7\r\nCLUSTER\r\n$4\r\nINFO\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).contains("cluster_state:ok")
+}
+
+/// A Redis master with one replica, watched by one Sentinel (quorum 1, master named
+/// `herald`, declared down after 1 s without an answer), on loopback ports.
+pub struct RedisSentinel {
+    /// The master at start.
+    pub master: RedisServer,
+    /// Its replica, promoted by the Sentinel when the master dies.
+    pub replica: RedisServer,
+    /// The Sentinel's port.
+    pub port: u16,
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl RedisSentinel {
+    /// Starts the three and waits until the Sentinel knows the replica.
+    pub fn start() -> RedisSentinel {
+        // No delay before the first sync (5 s by default).
+        let master = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+        let replica =
+            RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !Command::new("redis-cli")
+            .args(["-p", &replica.port.to_string(), "INFO", "replication"])
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("master_link_status:up"))
+        {
+            assert!(Instant::now() < deadline, "the replica did not sync");
+            thread::sleep(Duration::from_millis(50));
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "herald-redis-sentinel-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("sentinel dir");
+        let port = super::free_port();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+                 sentinel monitor herald 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds herald 1000\n\
+                 sentinel failover-timeout herald 5000\n",
+                dir.display(),
+                master.port
+            ),
+        )
+        .expect("sentinel.conf");
+        let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        let child = Command::new(bin)
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server --sentinel");
+        let sentinel = RedisSentinel {
+            master,
+            replica,
+            port,
+            child,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "SENTINEL", "replicas", "herald"])
+                .stdin(Stdio::null())
+                .output();
+            if out.is_ok_and(|o| {
+                let text = String::from_utf8_lossy(&o.stdout).to_string();
+                text.contains(&sentinel.replica.port.to_string()) && !text.contains("s_down")
+            }) {
+                return sentinel;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Sentinel did not find the replica"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis+sentinel://127.0.0.1:PORT?sentinel_master_name=herald`.
+    pub fn url(&self) -> String {
+        format!(
+            "redis+sentinel://127.0.0.1:{}?sentinel_master_name=herald",
+            self.port
+        )
+    }
+
+    /// The port the Sentinel names as master now.
+    pub fn master_port(&self) -> Option<u16> {
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "SENTINEL",
+                "get-master-addr-by-name",
+                "herald",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

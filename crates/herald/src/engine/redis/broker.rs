@@ -92,7 +92,7 @@ impl RedisBroker {
 
     async fn publish_raw(&self, channel: &str, payload: Vec<u8>) -> Result<(), EngineError> {
         let shard = self.shards.of(channel);
-        let mut conn = shard.conn()?;
+        let mut conn = shard.conn().await?;
         let name = self.shards.keys.pubsub(channel);
         shard
             .run(async move {
@@ -470,7 +470,7 @@ impl Broker for RedisBroker {
             .arg(millis(meta_ttl))
             .arg(new_epoch());
         let shard = self.shards.of(channel);
-        let mut conn = shard.conn()?;
+        let mut conn = shard.conn().await?;
         let reply: Value = shard
             .run(async move { invocation.invoke_async(&mut conn).await })
             .await?;

@@ -110,7 +110,7 @@ impl Controller for RedisController {
 
     async fn publish(&self, message: ControlMessage) -> Result<(), EngineError> {
         let shard = &self.shards.shards[0];
-        let mut conn = shard.conn()?;
+        let mut conn = shard.conn().await?;
         let name = self.shards.keys.control();
         let payload = message.encode();
         shard

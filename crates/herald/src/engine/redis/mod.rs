@@ -24,7 +24,11 @@
 //!
 //! Several `engine.redis.address` entries are independent instances; a channel lives on
 //! the one that jump consistent hashing of its name picks, so adding an instance moves
-//! about `1/n` of the channels.
+//! about `1/n` of the channels. An entry may be a Redis Cluster (detected at the first
+//! connection): commands are then routed by slot, and PUB/SUB uses one connection to any
+//! of its nodes, since classic PUB/SUB reaches every node of a cluster.
+//! An entry may also name Sentinels (`redis+sentinel://`): the master is asked of them at
+//! the first connection and again after a failure that may mean a failover.
 
 mod broker;
 mod control;

@@ -13,7 +13,7 @@
 //! again.
 
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -33,15 +33,123 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Channels per SUBSCRIBE command when subscribing everything again after a reconnect.
 const RESUBSCRIBE_BATCH: usize = 512;
 
-/// One Redis instance.
+/// One Redis instance, or one Redis Cluster (detected at the first connection, as
+/// Centrifugo does: `INFO cluster` says `cluster_enabled:1`).
 pub(super) struct Shard {
     /// Where it is, for logs (the password is never shown).
     pub(super) address: RedisAddress,
-    client: redis::Client,
-    /// Made on first use.
-    conn: OnceLock<ConnectionManager>,
+    /// The address and its `addr=` seeds, in order (Sentinels with `redis+sentinel://`).
+    clients: Vec<redis::Client>,
+    /// With Sentinel: the master's name and how to log in to it.
+    sentinel: Option<Arc<SentinelTarget>>,
+    /// Made on first use; dropped after a failure that may mean the master moved
+    /// (Sentinel), so that the next request asks the Sentinels again.
+    conn: Mutex<Option<Conn>>,
+    /// One connection attempt at a time.
+    connecting: tokio::sync::Mutex<()>,
     connect_timeout: Duration,
     io_timeout: Duration,
+}
+
+/// The master a Sentinel setup is asked for.
+pub(super) struct SentinelTarget {
+    master_name: String,
+    /// Database, user and password of the master.
+    redis: redis::RedisConnectionInfo,
+}
+
+/// Asks the Sentinels in `sentinels`, in order, where the master is; a client for it.
+async fn resolve_master(
+    sentinels: &[redis::Client],
+    target: &SentinelTarget,
+    timeout: Duration,
+) -> redis::RedisResult<redis::Client> {
+    let mut last = None;
+    for sentinel in sentinels {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let asked = async {
+            let mut conn = sentinel
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(&target.master_name)
+                .query_async(&mut conn)
+                .await?;
+            addr.ok_or_else(|| {
+                redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "the Sentinel does not know this master",
+                    target.master_name.clone(),
+                ))
+            })
+        };
+        match asked.await {
+            Ok((host, port)) => {
+                let info = redis::IntoConnectionInfo::into_connection_info(
+                    redis::ConnectionAddr::Tcp(host, port),
+                )?
+                .set_redis_settings(target.redis.clone());
+                return redis::Client::open(info);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        redis::RedisError::from((redis::ErrorKind::Client, "no Sentinel address"))
+    }))
+}
+
+/// Whether `e` may mean that the master moved (Sentinel failover): the connection failed,
+/// or the server became a replica.
+fn master_may_have_moved(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.code() == Some("READONLY")
+}
+
+/// The command connection: to one instance, or routed over a Redis Cluster by key slot
+/// (a channel's keys share a slot through their hash tag, so each script runs on one
+/// node). Cheap to clone: both are handles to shared multiplexed connections.
+#[derive(Clone)]
+pub(super) enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 impl Shard {
@@ -53,39 +161,166 @@ impl Shard {
         if !address.password.is_empty() {
             redis_info = redis_info.set_password(&address.password);
         }
-        let info = redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(
-            address.host.clone(),
-            address.port,
-        ))
-        .map_err(|e| EngineError::Unavailable(format!("{address}: {e}")))?
-        .set_redis_settings(redis_info);
-        let client = redis::Client::open(info)
+        let sentinel = address.sentinel.as_ref().map(|s| {
+            Arc::new(SentinelTarget {
+                master_name: s.master_name.clone(),
+                redis: redis_info.clone(),
+            })
+        });
+        // With Sentinel the listed addresses are Sentinels, with logins of their own.
+        let listed_info = match &address.sentinel {
+            Some(s) => {
+                let mut info = redis::RedisConnectionInfo::default();
+                if !s.user.is_empty() {
+                    info = info.set_username(&s.user);
+                }
+                if !s.password.is_empty() {
+                    info = info.set_password(&s.password);
+                }
+                info
+            }
+            None => redis_info,
+        };
+        let hosts = std::iter::once((address.host.clone(), address.port))
+            .chain(address.seeds.iter().cloned());
+        let clients = hosts
+            .map(|(host, port)| {
+                let info = redis::IntoConnectionInfo::into_connection_info(
+                    redis::ConnectionAddr::Tcp(host, port),
+                )?
+                .set_redis_settings(listed_info.clone());
+                redis::Client::open(info)
+            })
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| EngineError::Unavailable(format!("{address}: {e}")))?;
         Ok(Shard {
             address,
-            client,
-            conn: OnceLock::new(),
+            clients,
+            sentinel,
+            conn: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
             connect_timeout: config.connect_timeout,
             io_timeout: config.io_timeout,
         })
     }
 
-    /// The command connection (a cheap clone of the shared multiplexed one).
-    pub(super) fn conn(&self) -> Result<ConnectionManager, EngineError> {
-        if let Some(c) = self.conn.get() {
-            return Ok(c.clone());
+    /// The command connection (a cheap clone of the shared multiplexed one). The first
+    /// call finds out whether this is a Redis Cluster; until that succeeds (Redis is
+    /// unreachable) every call tries again.
+    pub(super) async fn conn(&self) -> Result<Conn, EngineError> {
+        if let Some(c) = self.conn.lock().clone() {
+            return Ok(c);
         }
-        let config = ConnectionManagerConfig::new()
+        tokio::time::timeout(self.io_timeout, async {
+            let _one = self.connecting.lock().await;
+            if let Some(c) = self.conn.lock().clone() {
+                return Ok(c);
+            }
+            let c = self.connect().await?;
+            *self.conn.lock() = Some(c.clone());
+            Ok(c)
+        })
+        .await
+        .map_err(|_| {
+            EngineError::Unavailable(format!(
+                "redis {}: no connection within {:?}",
+                self.address, self.io_timeout
+            ))
+        })?
+    }
+
+    /// After a failure: with Sentinel, forget the connection when the master may have
+    /// moved, so that the next request asks the Sentinels again.
+    fn failed(&self, e: &redis::RedisError) {
+        if master_may_have_moved(e) {
+            self.timed_out();
+        }
+    }
+
+    /// After a request got no answer in time: with Sentinel, the master may be gone.
+    fn timed_out(&self) {
+        if self.sentinel.is_some() {
+            *self.conn.lock() = None;
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, EngineError> {
+        if let Some(target) = &self.sentinel {
+            let master = resolve_master(&self.clients, target, self.connect_timeout)
+                .await
+                .map_err(|e| self.error(e))?;
+            let addr = master.get_connection_info().addr().to_string();
+            let manager = ConnectionManager::new_lazy_with_config(master, self.manager_config())
+                .map_err(|e| self.error(e))?;
+            tracing::info!(redis = %self.address, master = %addr, "master found through Sentinel");
+            return Ok(Conn::Single(manager));
+        }
+        let mut last = None;
+        for client in &self.clients {
+            match self.cluster_enabled(client).await {
+                Ok(false) => {
+                    let manager = ConnectionManager::new_lazy_with_config(
+                        client.clone(),
+                        self.manager_config(),
+                    )
+                    .map_err(|e| self.error(e))?;
+                    return Ok(Conn::Single(manager));
+                }
+                Ok(true) => {
+                    let info = client.get_connection_info().redis_settings();
+                    let mut builder = redis::cluster::ClusterClient::builder(
+                        self.clients.iter().map(|c| c.get_connection_info().clone()),
+                    )
+                    .connection_timeout(self.connect_timeout)
+                    .response_timeout(self.io_timeout)
+                    .retries(2);
+                    if let Some(user) = info.username() {
+                        builder = builder.username(user);
+                    }
+                    if let Some(password) = info.password() {
+                        builder = builder.password(password);
+                    }
+                    let cluster = builder.build().map_err(|e| self.error(e))?;
+                    let conn = cluster
+                        .get_async_connection()
+                        .await
+                        .map_err(|e| self.error(e))?;
+                    tracing::info!(redis = %self.address, "Redis Cluster detected");
+                    return Ok(Conn::Cluster(conn));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map_or_else(
+            || EngineError::Unavailable(format!("redis {}: no address", self.address)),
+            |e| self.error(e),
+        ))
+    }
+
+    fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.io_timeout))
             // Few retries inside the crate: the request timeout bounds the wait anyway,
             // and the next request starts a new attempt.
             .set_number_of_retries(1)
             .set_min_delay(BACKOFF_MIN)
-            .set_max_delay(BACKOFF_MAX);
-        let made = ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-            .map_err(|e| self.error(e))?;
-        Ok(self.conn.get_or_init(|| made).clone())
+            .set_max_delay(BACKOFF_MAX)
+    }
+
+    /// Asks one node whether it is part of a Redis Cluster.
+    async fn cluster_enabled(&self, client: &redis::Client) -> redis::RedisResult<bool> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.io_timeout));
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut conn)
+            .await?;
+        Ok(info.contains("cluster_enabled:1"))
     }
 
     /// Runs one request against this shard, bounded by `io_timeout`.
@@ -95,11 +330,17 @@ impl Shard {
     {
         match tokio::time::timeout(self.io_timeout, request).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.error(e)),
-            Err(_) => Err(EngineError::Unavailable(format!(
-                "redis {}: no answer within {:?}",
-                self.address, self.io_timeout
-            ))),
+            Ok(Err(e)) => {
+                self.failed(&e);
+                Err(self.error(e))
+            }
+            Err(_) => {
+                self.timed_out();
+                Err(EngineError::Unavailable(format!(
+                    "redis {}: no answer within {:?}",
+                    self.address, self.io_timeout
+                )))
+            }
         }
     }
 
@@ -109,13 +350,14 @@ impl Shard {
     /// makes the connection manager reconnect.
     pub(super) async fn run_idempotent<T, F, Fut>(&self, mut request: F) -> Result<T, EngineError>
     where
-        F: FnMut(ConnectionManager) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let deadline = tokio::time::Instant::now() + self.io_timeout;
         let mut pause = Duration::from_millis(20);
         loop {
-            let attempt = tokio::time::timeout_at(deadline, request(self.conn()?)).await;
+            let conn = self.conn().await?;
+            let attempt = tokio::time::timeout_at(deadline, request(conn)).await;
             match attempt {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e))
@@ -124,11 +366,16 @@ impl Shard {
                         || e.is_connection_refusal())
                         && tokio::time::Instant::now() + pause < deadline =>
                 {
+                    self.failed(&e);
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(500));
                 }
-                Ok(Err(e)) => return Err(self.error(e)),
+                Ok(Err(e)) => {
+                    self.failed(&e);
+                    return Err(self.error(e));
+                }
                 Err(_) => {
+                    self.timed_out();
                     return Err(EngineError::Unavailable(format!(
                         "redis {}: no answer within {:?}",
                         self.address, self.io_timeout
@@ -157,7 +404,13 @@ pub(super) trait PubSubHandler: Send + Sync {
 /// The PUB/SUB side of one shard: the channels the node wants and the live connection.
 pub(super) struct PubSub {
     address: String,
-    client: redis::Client,
+    /// Where to connect: the address, then its seeds (in a Redis Cluster any node
+    /// carries every node's PUBLISH, so the first one that answers will do).
+    clients: Vec<redis::Client>,
+    /// With Sentinel, `clients` are Sentinels to ask for the master.
+    sentinel: Option<Arc<SentinelTarget>>,
+    /// Which of `clients` the next connection tries.
+    next: std::sync::atomic::AtomicUsize,
     connect_timeout: Duration,
     io_timeout: Duration,
     state: Mutex<SubState>,
@@ -178,7 +431,9 @@ impl PubSub {
     pub(super) fn new(shard: &Shard) -> PubSub {
         PubSub {
             address: shard.address.to_string(),
-            client: shard.client.clone(),
+            clients: shard.clients.clone(),
+            sentinel: shard.sentinel.clone(),
+            next: std::sync::atomic::AtomicUsize::new(0),
             connect_timeout: shard.connect_timeout,
             io_timeout: shard.io_timeout,
             state: Mutex::new(SubState::default()),
@@ -273,11 +528,13 @@ impl PubSub {
             match session.await {
                 Session::Stopped => break,
                 Session::Lost(why) => {
+                    self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(redis = %self.address, error = %why, "redis PUB/SUB connection lost; reconnecting");
                     was_connected = true;
                     backoff = BACKOFF_MIN;
                 }
                 Session::Failed(why) => {
+                    self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(redis = %self.address, error = %why, retry_in = ?backoff, "redis PUB/SUB connection failed");
                 }
             }
@@ -298,7 +555,19 @@ impl PubSub {
         was_connected: bool,
         stop: &CancellationToken,
     ) -> Session {
-        let connect = tokio::time::timeout(self.connect_timeout, self.client.get_async_pubsub());
+        let client = match &self.sentinel {
+            Some(target) => {
+                match resolve_master(&self.clients, target, self.connect_timeout).await {
+                    Ok(master) => master,
+                    Err(e) => return Session::Failed(format!("asking the Sentinels: {e}")),
+                }
+            }
+            None => {
+                let i = self.next.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len();
+                self.clients[i].clone()
+            }
+        };
+        let connect = tokio::time::timeout(self.connect_timeout, client.get_async_pubsub());
         let pubsub = tokio::select! {
             _ = stop.cancelled() => return Session::Stopped,
             r = connect => match r {
