@@ -91,19 +91,10 @@ impl RedisBroker {
     }
 
     async fn publish_raw(&self, channel: &str, payload: Vec<u8>) -> Result<(), EngineError> {
-        let shard = self.shards.of(channel);
-        let mut conn = shard.conn().await?;
-        let name = self.shards.keys.pubsub(channel);
-        shard
-            .run(async move {
-                redis::cmd("PUBLISH")
-                    .arg(name)
-                    .arg(payload)
-                    .query_async::<i64>(&mut conn)
-                    .await
-            })
+        self.shards
+            .of(channel)
+            .publish(self.shards.keys.pubsub(channel), payload)
             .await
-            .map(|_| ())
     }
 }
 

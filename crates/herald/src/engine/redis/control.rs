@@ -109,19 +109,8 @@ impl Controller for RedisController {
     }
 
     async fn publish(&self, message: ControlMessage) -> Result<(), EngineError> {
-        let shard = &self.shards.shards[0];
-        let mut conn = shard.conn().await?;
-        let name = self.shards.keys.control();
-        let payload = message.encode();
-        shard
-            .run(async move {
-                redis::cmd("PUBLISH")
-                    .arg(name)
-                    .arg(payload)
-                    .query_async::<i64>(&mut conn)
-                    .await
-            })
+        self.shards.shards[0]
+            .publish(self.shards.keys.control(), message.encode())
             .await
-            .map(|_| ())
     }
 }

@@ -323,6 +323,21 @@ impl Shard {
         Ok(info.contains("cluster_enabled:1"))
     }
 
+    /// PUBLISHes `payload` on the PUB/SUB channel `name` of this shard (one request, not
+    /// retried: a publish that may have reached Redis must not be sent twice).
+    pub(super) async fn publish(&self, name: Vec<u8>, payload: Vec<u8>) -> Result<(), EngineError> {
+        let mut conn = self.conn().await?;
+        self.run(async move {
+            redis::cmd("PUBLISH")
+                .arg(name)
+                .arg(payload)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Runs one request against this shard, bounded by `io_timeout`.
     pub(super) async fn run<T, F>(&self, request: F) -> Result<T, EngineError>
     where
