@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+pub mod proxy;
 pub mod redis_server;
 
 /// HMAC secret written into configs that do not set `client.token.hmac_secret_key`.
@@ -233,6 +234,59 @@ impl Herald {
         self.stop();
     }
 
+    /// Stops the process as an init system does (SIGTERM: it drains), SIGKILL after `within`. Returns its exit
+    /// status and how long it took to exit.
+    pub fn terminate(&mut self, within: Duration) -> (Option<ExitStatus>, Duration) {
+        let started = Instant::now();
+        let status = terminate(&mut self.child, within);
+        (status, started.elapsed())
+    }
+
+    /// Starts the process again on the same port with the same config (after [`Herald::terminate`] or
+    /// [`Herald::kill`]); waits until it answers `/health`.
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + HEALTH_TIMEOUT;
+        loop {
+            let log = fs::OpenOptions::new()
+                .append(true)
+                .open(&self.log_path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", self.log_path.display()));
+            let log_err = log.try_clone().expect("log clone");
+            self.child = Command::new(herald_bin())
+                .arg("serve")
+                .arg("--config")
+                .arg(&self.config_path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log))
+                .stderr(Stdio::from(log_err))
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", herald_bin().display()));
+            loop {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break; // the port is not free yet (a lingering socket): try again
+                }
+                if let Ok(200) = http_get_status(self.port, "/health") {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "herald did not restart on port {} within {HEALTH_TIMEOUT:?}; log:\n{}",
+                    self.port,
+                    self.log_tail(30)
+                );
+                thread::sleep(Duration::from_millis(50));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "herald did not restart on port {}; log:\n{}",
+                self.port,
+                self.log_tail(30)
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
@@ -255,6 +309,28 @@ impl Drop for Herald {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Sends SIGTERM to `child` and waits up to `within` for it to exit, then SIGKILLs it. Its exit status, or
+/// `None` when it had to be killed.
+pub fn terminate(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 /// A port that was free on 127.0.0.1 a moment ago.
