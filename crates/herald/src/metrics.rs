@@ -15,6 +15,13 @@ pub struct TransportLabel {
     pub transport: &'static str,
 }
 
+/// Label: the HTTP version a WebSocket was opened on (`1.1`: Upgrade, `2`: RFC 8441 extended CONNECT).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpVersionLabel {
+    /// `1.1` or `2`.
+    pub http: &'static str,
+}
+
 /// Label: a disconnect code.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
@@ -61,6 +68,8 @@ pub struct Metrics {
     pub commands: Family<MethodLabel, Counter>,
     /// Disconnects by code.
     pub disconnects: Family<CodeLabel, Counter>,
+    /// WebSocket handshakes accepted, by HTTP version.
+    pub websocket_handshakes: Family<HttpVersionLabel, Counter>,
     /// Publications accepted.
     pub publications: Counter,
     /// Publications handed to local subscriber queues.
@@ -97,6 +106,7 @@ impl Metrics {
             messages_received: Family::default(),
             commands: Family::default(),
             disconnects: Family::default(),
+            websocket_handshakes: Family::default(),
             publications: Counter::default(),
             deliveries: Counter::default(),
             gaps: Family::default(),
@@ -121,6 +131,11 @@ impl Metrics {
         );
         registry.register("commands", "Client commands by method", m.commands.clone());
         registry.register("disconnects", "Disconnects by code", m.disconnects.clone());
+        registry.register(
+            "websocket_handshakes",
+            "WebSocket handshakes accepted, by HTTP version (2: RFC 8441 extended CONNECT)",
+            m.websocket_handshakes.clone(),
+        );
         registry.register(
             "publications",
             "Publications accepted",

@@ -532,3 +532,97 @@ fn rolling_restart_behind_nginx_loses_nothing() {
 fn rolling_restart_behind_haproxy_loses_nothing() {
     rolling_restart_through(ProxyKind::Haproxy);
 }
+
+/// WebSocket over HTTP/2 (RFC 8441) end to end through HAProxy: the client opens one TLS connection with ALPN
+/// h2, sends an extended CONNECT (`:protocol websocket`) for /connection/websocket, and speaks the client
+/// protocol on that stream; HAProxy carries it to a node as an extended CONNECT over h2c (the recipe's
+/// `proto h2`). A publication made through another node arrives on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_through_haproxy() {
+    use bytes::Bytes;
+    use futures_util::{SinkExt, StreamExt};
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_websockets::Message as WsMessage;
+
+    let redis = RedisServer::start();
+    let nodes = three_nodes(&redis, json!({}));
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let tls = TlsFiles::generate();
+    let proxy = Proxy::start(ProxyKind::Haproxy, &ports, &tls.cert_file, &tls.key_file);
+
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+        .await
+        .expect("connect");
+    let connector = tokio_rustls::TlsConnector::from(tls.client_config(&[b"h2"]));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = connector.connect(name, tcp).await.expect("TLS to HAProxy");
+    assert_eq!(
+        stream.get_ref().1.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "HAProxy negotiates h2"
+    );
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .expect("h2 handshake with HAProxy");
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!(
+            "https://localhost:{}/connection/websocket",
+            proxy.port
+        ))
+        .header("sec-websocket-version", "13")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("an answer in time")
+        .expect("HAProxy accepts extended CONNECT from the client");
+    assert_eq!(
+        resp.status(),
+        200,
+        "RFC 8441 through HAProxy: 200 opens the WebSocket"
+    );
+    let upgraded = hyper::upgrade::on(resp).await.expect("the stream is ours");
+    let mut ws = tokio_websockets::ClientBuilder::new().take_over(TokioIo::new(upgraded));
+
+    let channel = "chat:h2-websocket";
+    let token = support::sign(&nodes[0].secret, &json!({"sub": "h2"}));
+    ws.send(WsMessage::text(
+        json!({"id": 1, "connect": {"token": token}}).to_string()
+            + "\n"
+            + &json!({"id": 2, "subscribe": {"channel": channel}}).to_string(),
+    ))
+    .await
+    .expect("send connect + subscribe");
+    let mut subscribed = false;
+    let mut published = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("the publication in time")
+            .expect("stream open")
+            .expect("a message");
+        let text = msg.as_text().expect("a text frame").to_owned();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let v: Value = serde_json::from_str(line).expect("JSON");
+            assert!(v.get("error").is_none(), "{v}");
+            if v["id"] == 2 {
+                subscribed = true;
+            }
+            if v["push"]["pub"]["data"]["via"] == "node 3" {
+                return;
+            }
+        }
+        if subscribed && !published {
+            published = true;
+            let api = support::Api::new(nodes[2].base_url(), nodes[2].api_key.clone());
+            api.publish(channel, json!({"via": "node 3"})).await;
+        }
+    }
+}

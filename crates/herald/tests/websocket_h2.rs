@@ -144,3 +144,46 @@ async fn extended_connect_for_another_protocol_or_version_is_refused() {
         );
     }
 }
+
+/// Headless Chromium against Herald over TLS directly: the page comes over HTTP/2 (ALPN h2), and the page's
+/// `WebSocket` rides that connection as an RFC 8441 stream (tests/browser/websocket_h2.cjs checks the protocol
+/// and Herald's `herald_websocket_handshakes_total{http="2"}`).
+#[test]
+fn chromium_opens_its_websocket_over_http2_on_herald_over_tls() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let files = support::streams::TlsFiles::generate();
+    let mut config = json!({
+        "prometheus": {"enabled": true},
+        "channel": {"namespaces": [{"name": "chat", "allow_subscribe_for_client": true}]},
+    });
+    support::merge(&mut config, files.server_config());
+    let server = rt.block_on(TestServer::start(config));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let chromium =
+        std::env::var("HERALD_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let out = std::process::Command::new("node")
+        .current_dir(&root)
+        .arg("tests/browser/websocket_h2.cjs")
+        .args([
+            "--base",
+            &format!("https://localhost:{}", server.addr.port()),
+        ])
+        .args([
+            "--api-key",
+            support::API_KEY,
+            "--token",
+            &server.token("chromium"),
+        ])
+        .args(["--chromium", &chromium])
+        .output()
+        .expect(
+            "run node tests/browser/websocket_h2.cjs (needs Node 20+ and npm ci --prefix tests/js)",
+        );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("0 failed"),
+        "the Chromium checks failed:\n{stdout}"
+    );
+    drop(server);
+}

@@ -103,6 +103,11 @@ pub fn accept(
     let response = resp
         .body(axum::body::Body::empty())
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    let http = if extended_connect { "2" } else { "1.1" };
+    node.metrics
+        .websocket_handshakes
+        .get_or_create(&crate::metrics::HttpVersionLabel { http })
+        .inc();
     Ok(Accepted {
         response,
         upgrade,
