@@ -217,6 +217,39 @@ async fn dropped_pubsub_connections_lose_no_acknowledged_publication() {
     assert_eq!(offsets, (1..=300).collect::<Vec<u64>>());
     on_a.assert_got_all("subscriber on node A", &acked).await;
     on_b.assert_got_all("subscriber on node B", &acked).await;
+
+    // The metrics tell the story: on each node both PUB/SUB connections (channels and
+    // control) were made again twice, the channel subscribed again each time, and what
+    // the outages missed was read from the stream.
+    let shard = format!("{}/0", redis.url());
+    let mut recovered = 0.0;
+    for h in [&a, &b] {
+        let api = api(h);
+        let series =
+            |name: &str, extra: &str| format!("herald_redis_{name}{{shard=\"{shard}\"{extra}}}");
+        for connection in ["pubsub", "control"] {
+            let conn = format!(",connection=\"{connection}\"");
+            assert_eq!(
+                api.metric(&series("reconnects_total", &conn)).await,
+                2.0,
+                "{connection}"
+            );
+            assert_eq!(api.metric(&series("up", &conn)).await, 1.0, "{connection}");
+        }
+        assert_eq!(api.metric(&series("resubscribes_total", "")).await, 2.0);
+        assert_eq!(
+            api.metric(&series("resubscribed_channels_total", "")).await,
+            2.0
+        );
+        assert_eq!(api.metric(&series("catch_ups_total", "")).await, 2.0);
+        assert_eq!(api.metric(&series("catch_up_errors_total", "")).await, 0.0);
+        assert_eq!(api.metric(&series("publish_errors_total", "")).await, 0.0);
+        recovered += api.metric(&series("catch_up_publications_total", "")).await;
+    }
+    assert!(
+        recovered >= 1.0,
+        "publications read from the stream: {recovered}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
