@@ -2706,6 +2706,46 @@ mod tests {
                 .contains("addr=\"h2\" is not host:port")
         );
 
+        // TLS: `rediss://` or `tls.enabled`; with Sentinel the scheme's TLS is the
+        // Sentinels', the master's is `tls.enabled`.
+        let tls_of = |cfg: &RedisConfig, address: &str| {
+            let mut cfg = cfg.clone();
+            cfg.address = vec![address.to_owned()];
+            let a = cfg.shards().unwrap().remove(0);
+            (a.tls, a.sentinel.as_ref().map(|s| s.tls), a.to_string())
+        };
+        let mut tls = RedisConfig::default();
+        assert_eq!(
+            tls_of(&tls, "rediss://h:1"),
+            (true, None, "rediss://h:1/0".into())
+        );
+        assert_eq!(
+            tls_of(&tls, "redis://h:1"),
+            (false, None, "redis://h:1/0".into())
+        );
+        assert_eq!(
+            tls_of(&tls, "rediss+sentinel://s?sentinel_master_name=m"),
+            (
+                false,
+                Some(true),
+                "rediss+sentinel://s:26379/0?sentinel_master_name=m".into()
+            )
+        );
+        tls.tls.enabled = true;
+        assert_eq!(
+            tls_of(&tls, "redis://h:1"),
+            (true, None, "rediss://h:1/0".into())
+        );
+        assert!(
+            tls_of(&tls, "redis+sentinel://s?sentinel_master_name=m").0,
+            "the master over TLS"
+        );
+        tls.sentinel_tls.enabled = true;
+        assert_eq!(
+            tls_of(&tls, "redis+sentinel://s?sentinel_master_name=m").1,
+            Some(true)
+        );
+
         let (cfg, _) = load_str(
             "yaml",
             "engine:\n  type: redis\n  redis:\n    address: [\"127.0.0.1:6380\", \"redis://u@h2\"]\n    db: 3\n    password: pw\n",
@@ -3341,6 +3381,76 @@ force_recovery = true
             validation_error(&cfg),
             "engine.redis.io_timeout: must be greater than 0"
         );
+        cfg.engine.redis.io_timeout = Duration::from_secs(1);
+
+        // Presence: the refresh must come before the entries lapse.
+        cfg.engine.redis.presence_ttl = Duration::from_secs(20);
+        cfg.client.presence_update_interval = Duration::from_secs(20);
+        assert_eq!(
+            validation_error(&cfg),
+            "client.presence_update_interval: must be shorter than the presence TTL (20s, engine.redis.presence_ttl), or presence entries lapse between two refreshes"
+        );
+        cfg.client.presence_update_interval = Duration::from_secs(5);
+        cfg.validate()
+            .expect("a 5s refresh of 20s entries is valid");
+        cfg.engine.kind = EngineType::Memory;
+        cfg.client.presence_update_interval = Duration::from_secs(60);
+        assert!(validation_error(&cfg).contains("presence TTL (60s)"));
+        cfg.engine.kind = EngineType::Redis;
+        cfg.client.presence_update_interval = Duration::from_secs(5);
+
+        // TLS: every problem names its key, and no key material is echoed.
+        let tls_error = |tls: RedisTlsConfig| {
+            let mut cfg = cfg.clone();
+            cfg.engine.redis.tls = tls;
+            validation_error(&cfg)
+        };
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+        assert_eq!(
+            tls_error(RedisTlsConfig {
+                cert_pem: cert_pem.clone(),
+                ..Default::default()
+            }),
+            "engine.redis.tls.key_pem: is required with cert_pem (the client certificate's private key)"
+        );
+        assert!(
+            tls_error(RedisTlsConfig {
+                server_ca_pem: "/no/such/ca.pem".to_owned(),
+                ..Default::default()
+            })
+            .starts_with("engine.redis.tls.server_ca_pem: \"/no/such/ca.pem\" is not PEM text")
+        );
+        assert!(
+            tls_error(RedisTlsConfig {
+                server_ca_pem: key_pem.clone(),
+                ..Default::default()
+            })
+            .starts_with("engine.redis.tls.server_ca_pem: no CERTIFICATE block")
+        );
+        assert!(
+            tls_error(RedisTlsConfig {
+                server_name: "redis.internal".to_owned(),
+                ..Default::default()
+            })
+            .starts_with("engine.redis.tls.server_name: is not supported")
+        );
+        let mut with_sentinel_tls = cfg.clone();
+        with_sentinel_tls.engine.redis.sentinel_tls.key_pem = key_pem.clone();
+        assert!(
+            validation_error(&with_sentinel_tls)
+                .starts_with("engine.redis.sentinel_tls.cert_pem: ")
+        );
+        let good = RedisTlsConfig {
+            enabled: true,
+            cert_pem,
+            key_pem: key_pem.clone(),
+            server_ca_pem: cert.cert.pem(),
+            ..Default::default()
+        };
+        let material = good.material("engine.redis.tls").unwrap();
+        assert!(material.client.is_some() && material.server_ca.is_some());
+        assert!(!format!("{good:?}").contains(&key_pem[40..80]));
 
         let mut cfg = Config::default();
         cfg.log.level = "loud".to_owned();
