@@ -13,7 +13,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use common::Herald;
-use common::redis_server::{RedisServer, TestCa};
+use common::redis_server::{RedisCluster, RedisServer, TestCa};
 use herald::protocol::Encoding;
 use serde_json::{Value, json};
 use support::{Api, Client, payload_json};
@@ -142,4 +142,29 @@ async fn a_server_certificate_of_another_ca_is_refused() {
         json!({"server_ca_pem": base64::engine::general_purpose::STANDARD.encode(&ca.ca_pem)}),
     );
     assert_eq!(crosses(&insecure, &right, "chat:tls-skip", 7).await, 7);
+}
+
+/// A Redis Cluster over TLS: the nodes the cluster names (its TLS ports, as it answers a
+/// TLS client) are reached with the same TLS settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_a_redis_cluster_over_tls() {
+    let ca = TestCa::new();
+    let cluster = RedisCluster::start_tls(&ca);
+    let url = cluster.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+    let tls = json!({"server_ca_pem": ca.ca_pem});
+    let (a, b) = (node(&url, tls.clone()), node(&url, tls));
+    // Channels whose keys land on different masters.
+    for (i, channel) in ["chat:c1", "chat:c2", "chat:c3", "chat:c4"]
+        .into_iter()
+        .enumerate()
+    {
+        let n = i as i64 + 1;
+        assert_eq!(crosses(&a, &b, channel, n).await, n, "{channel}");
+    }
+    let keys: Vec<String> = cluster.nodes.iter().map(|n| n.cmd(&["DBSIZE"])).collect();
+    assert!(
+        keys.iter().filter(|k| *k != ":0").count() >= 2,
+        "keys on several masters: {keys:?}"
+    );
 }

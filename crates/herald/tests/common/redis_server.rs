@@ -212,6 +212,17 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts three cluster nodes and joins them; waits until the cluster is ok.
     pub fn start() -> RedisCluster {
+        Self::start_inner(None)
+    }
+
+    /// Like [`RedisCluster::start`], with TLS for clients and for the cluster bus
+    /// (`tls-cluster yes`), so that the cluster names its nodes' TLS ports to TLS
+    /// clients; `ca` signs the certificates. The plain ports stay for the test's commands.
+    pub fn start_tls(ca: &TestCa) -> RedisCluster {
+        Self::start_inner(Some(ca))
+    }
+
+    fn start_inner(tls: Option<&TestCa>) -> RedisCluster {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -226,7 +237,7 @@ impl RedisCluster {
         let mut n = 0;
         while nodes.len() < 3 {
             n += 1;
-            let node = RedisServer::start_with(&[
+            let mut args: Vec<String> = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -235,17 +246,47 @@ impl RedisCluster {
                 "2000",
                 "--dir",
                 &dir_arg,
-            ]);
-            // The cluster bus listens on port + 10000.
-            if node.port <= 55000 {
+            ]
+            .map(String::from)
+            .to_vec();
+            let tls_port = tls.map(|ca| {
+                let port = super::free_port();
+                args.extend(
+                    [
+                        "--tls-port",
+                        &port.to_string(),
+                        "--tls-cert-file",
+                        &ca.path("server.pem"),
+                        "--tls-key-file",
+                        &ca.path("server.key"),
+                        "--tls-ca-cert-file",
+                        &ca.path("ca.pem"),
+                        "--tls-auth-clients",
+                        "no",
+                        "--tls-cluster",
+                        "yes",
+                    ]
+                    .map(String::from),
+                );
+                port
+            });
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut node = RedisServer::start_with(&args);
+            node.tls_port = tls_port;
+            // The cluster bus listens on port + 10000 (the TLS port's, with TLS).
+            if node.port.max(tls_port.unwrap_or(0)) <= 55000 {
                 nodes.push(node);
             }
         }
         let addrs: Vec<String> = nodes
             .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
+            .map(|n| format!("127.0.0.1:{}", n.tls_port.unwrap_or(n.port)))
             .collect();
-        let out = Command::new("redis-cli")
+        let mut cli = Command::new("redis-cli");
+        if let Some(ca) = tls {
+            cli.args(["--tls", "--cacert", &ca.path("ca.pem")]);
+        }
+        let out = cli
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -267,13 +308,18 @@ impl RedisCluster {
         RedisCluster { nodes, dir }
     }
 
-    /// `redis://` of the first node, with the others as `addr=` seeds.
+    /// `redis://` of the first node, with the others as `addr=` seeds (`rediss://` and
+    /// the TLS ports after [`RedisCluster::start_tls`]).
     pub fn url(&self) -> String {
         let seeds: Vec<String> = self.nodes[1..]
             .iter()
-            .map(|n| format!("addr=127.0.0.1:{}", n.port))
+            .map(|n| format!("addr=127.0.0.1:{}", n.tls_port.unwrap_or(n.port)))
             .collect();
-        format!("{}?{}", self.nodes[0].url(), seeds.join("&"))
+        let first = match self.nodes[0].tls_port {
+            Some(_) => self.nodes[0].tls_url(),
+            None => self.nodes[0].url(),
+        };
+        format!("{first}?{}", seeds.join("&"))
     }
 }
 
