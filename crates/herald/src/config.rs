@@ -569,6 +569,20 @@ pub struct EngineConfig {
     pub redis: RedisConfig,
 }
 
+/// How long a presence entry of the memory engine lives without being refreshed.
+pub const MEMORY_PRESENCE_TTL: Duration = Duration::from_secs(60);
+
+impl EngineConfig {
+    /// How long a presence entry lives without being refreshed by its node:
+    /// `engine.redis.presence_ttl` with Redis, [`MEMORY_PRESENCE_TTL`] in memory.
+    pub fn presence_ttl(&self) -> Duration {
+        match self.kind {
+            EngineType::Memory => MEMORY_PRESENCE_TTL,
+            EngineType::Redis => self.redis.presence_ttl,
+        }
+    }
+}
+
 /// `engine.redis.*`, Centrifugo v6's keys.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -601,6 +615,149 @@ pub struct RedisConfig {
     /// `engine.redis.password`: password, for addresses that do not carry one.
     /// Default `""`.
     pub password: String,
+    /// `engine.redis.tls.*`: TLS to the Redis servers. On with `enabled` or with a
+    /// `rediss://` address; the other keys apply in both cases.
+    pub tls: RedisTlsConfig,
+    /// `engine.redis.sentinel_tls.*`: TLS to the Sentinels of `redis+sentinel://`
+    /// addresses. On with `enabled` or with a `rediss+sentinel://` address.
+    pub sentinel_tls: RedisTlsConfig,
+    /// `engine.redis.presence_ttl`: how long a presence entry lives in Redis without
+    /// being refreshed; the entries of a node that died disappear after it. Must exceed
+    /// `client.presence_update_interval`. Default `60s` (as Centrifugo).
+    #[serde(with = "duration")]
+    pub presence_ttl: Duration,
+}
+
+/// `engine.redis.tls.*` and `engine.redis.sentinel_tls.*`: the client side of TLS to
+/// Redis, with Centrifugo v6's keys. Every PEM value takes PEM text, base64 of the PEM, or
+/// the path of a PEM file (Centrifugo's order).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisTlsConfig {
+    /// `enabled`: TLS even for `redis://` addresses. Default `false`.
+    pub enabled: bool,
+    /// `cert_pem`: the client certificate chain, for servers that ask for one
+    /// (`tls-auth-clients yes`, Redis's default). Needs `key_pem`. Default `""`.
+    pub cert_pem: String,
+    /// `key_pem`: the client certificate's private key. Default `""`.
+    pub key_pem: String,
+    /// `server_ca_pem`: the CA certificates the server's certificate must chain to,
+    /// instead of the system's roots. Default `""` (the system's roots).
+    pub server_ca_pem: String,
+    /// `insecure_skip_verify`: accept any server certificate (no chain, no host name
+    /// check). For tests only. Default `false`.
+    pub insecure_skip_verify: bool,
+    /// `server_name`: Centrifugo's override of the name the certificate is checked
+    /// against. Refused by validation: the Redis client checks the address's host, so
+    /// the address must name the host the certificate is for. Default `""`.
+    pub server_name: String,
+}
+
+impl fmt::Debug for RedisTlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTlsConfig")
+            .field("enabled", &self.enabled)
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &redacted(&self.key_pem))
+            .field("server_ca_pem", &self.server_ca_pem)
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+/// The PEM material of a [`RedisTlsConfig`], read and checked.
+#[derive(Clone, Default)]
+pub struct RedisTlsMaterial {
+    /// CA certificates (PEM) that replace the system's roots.
+    pub server_ca: Option<Vec<u8>>,
+    /// Client certificate chain and private key (PEM).
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+    /// Accept any server certificate.
+    pub insecure_skip_verify: bool,
+}
+
+impl fmt::Debug for RedisTlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTlsMaterial")
+            .field("server_ca", &self.server_ca.is_some())
+            .field("client", &self.client.is_some())
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .finish()
+    }
+}
+
+impl RedisTlsConfig {
+    /// Reads and checks the PEM values; `section` (`engine.redis.tls`) names the keys in
+    /// errors.
+    pub fn material(&self, section: &str) -> Result<RedisTlsMaterial, ConfigError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let key = |name: &str| format!("{section}.{name}");
+        if !self.server_name.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                key("server_name"),
+                "is not supported: the certificate is checked against the host of the address, so name that host in engine.redis.address",
+            ));
+        }
+        let load = |name: &str, value: &str| -> Result<Option<Vec<u8>>, ConfigError> {
+            let value = value.trim();
+            if value.is_empty() {
+                return Ok(None);
+            }
+            let (_, pem) =
+                load_pem(value, PemForm::Any).map_err(|m| ConfigError::invalid(key(name), m))?;
+            Ok(Some(pem))
+        };
+        let certs = |name: &str, pem: &[u8]| -> Result<(), ConfigError> {
+            let n = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ConfigError::invalid(key(name), format!("bad PEM: {e}")))?
+                .len();
+            if n == 0 {
+                return Err(ConfigError::invalid(
+                    key(name),
+                    "no CERTIFICATE block in the PEM",
+                ));
+            }
+            Ok(())
+        };
+        let server_ca = load("server_ca_pem", &self.server_ca_pem)?;
+        if let Some(pem) = &server_ca {
+            certs("server_ca_pem", pem)?;
+        }
+        let client = match (
+            load("cert_pem", &self.cert_pem)?,
+            load("key_pem", &self.key_pem)?,
+        ) {
+            (None, None) => None,
+            (Some(cert), Some(private)) => {
+                certs("cert_pem", &cert)?;
+                PrivateKeyDer::from_pem_slice(&private).map_err(|e| {
+                    ConfigError::invalid(key("key_pem"), format!("no usable private key: {e}"))
+                })?;
+                Some((cert, private))
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    key("key_pem"),
+                    "is required with cert_pem (the client certificate's private key)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    key("cert_pem"),
+                    "is required with key_pem (the client certificate)",
+                ));
+            }
+        };
+        Ok(RedisTlsMaterial {
+            server_ca,
+            client,
+            insecure_skip_verify: self.insecure_skip_verify,
+        })
+    }
 }
 
 impl Default for RedisConfig {
@@ -613,6 +770,9 @@ impl Default for RedisConfig {
             db: 0,
             user: String::new(),
             password: String::new(),
+            tls: RedisTlsConfig::default(),
+            sentinel_tls: RedisTlsConfig::default(),
+            presence_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -632,6 +792,9 @@ impl fmt::Debug for RedisConfig {
             .field("db", &self.db)
             .field("user", &self.user)
             .field("password", &redacted(&self.password))
+            .field("tls", &self.tls)
+            .field("sentinel_tls", &self.sentinel_tls)
+            .field("presence_ttl", &self.presence_ttl)
             .finish()
     }
 }
@@ -644,7 +807,8 @@ pub struct RedisAddress {
     pub host: String,
     /// TCP port.
     pub port: u16,
-    /// `rediss://`: TLS.
+    /// TLS to the Redis servers: `rediss://` or `engine.redis.tls.enabled` (with
+    /// Sentinel, to the master they name: `engine.redis.tls.enabled` only).
     pub tls: bool,
     /// Database number.
     pub db: i64,
@@ -669,16 +833,18 @@ pub struct SentinelOptions {
     pub user: String,
     /// `sentinel_password`: password on the Sentinels ("" for none).
     pub password: String,
+    /// TLS to the Sentinels: `rediss+sentinel://` or `engine.redis.sentinel_tls.enabled`.
+    pub tls: bool,
 }
 
 impl fmt::Display for RedisAddress {
     /// The address without its password, for logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = match (self.tls, self.sentinel.is_some()) {
-            (false, false) => "redis",
-            (true, false) => "rediss",
-            (false, true) => "redis+sentinel",
-            (true, true) => "rediss+sentinel",
+        let scheme = match &self.sentinel {
+            None if self.tls => "rediss",
+            None => "redis",
+            Some(s) if s.tls => "rediss+sentinel",
+            Some(_) => "redis+sentinel",
         };
         write!(f, "{scheme}://")?;
         if !self.user.is_empty() {
@@ -733,9 +899,6 @@ impl RedisConfig {
                 )));
             }
         };
-        if tls {
-            return Err(shown("TLS (rediss://) is not supported yet"));
-        }
         let host = match url.host() {
             Some(url::Host::Ipv6(ip)) => ip.to_string(),
             Some(h) => h.to_string(),
@@ -801,9 +964,16 @@ impl RedisConfig {
                 master_name,
                 user: sentinel_user,
                 password: sentinel_password,
+                tls: tls || self.sentinel_tls.enabled,
             })
         } else {
             None
+        };
+        // With Sentinel the scheme's TLS is the Sentinels'; the master's is `tls.enabled`.
+        let tls = if sentinel.is_some() {
+            self.tls.enabled
+        } else {
+            tls || self.tls.enabled
         };
         Ok(RedisAddress {
             seeds,
@@ -943,6 +1113,12 @@ pub struct ClientConfig {
     /// Default 40s (as Centrifugo).
     #[serde(with = "duration")]
     pub channel_position_check_delay: Duration,
+    /// `client.presence_update_interval`: how often a node refreshes the presence entries
+    /// of its clients' subscriptions; an entry not refreshed lapses after the engine's
+    /// presence TTL (`engine.redis.presence_ttl` with Redis, 60 s in memory), which must
+    /// be longer. Default `27s` (as Centrifugo).
+    #[serde(with = "duration")]
+    pub presence_update_interval: Duration,
     /// Deepest nesting of JSON objects and arrays accepted in what clients send (commands
     /// on every JSON transport, emulation bodies, unidirectional connect requests); a
     /// deeper command is refused as malformed. Protects subscribers' JSON parsers (Python's
@@ -967,6 +1143,7 @@ impl Default for ClientConfig {
             expired_close_delay: Duration::from_secs(25),
             stale_close_delay: Duration::from_secs(10),
             channel_position_check_delay: Duration::from_secs(40),
+            presence_update_interval: Duration::from_secs(27),
             max_json_depth: 512,
         }
     }
@@ -1622,11 +1799,34 @@ impl Config {
             for (key, d) in [
                 ("engine.redis.connect_timeout", redis.connect_timeout),
                 ("engine.redis.io_timeout", redis.io_timeout),
+                ("engine.redis.presence_ttl", redis.presence_ttl),
             ] {
                 if d.is_zero() {
                     return Err(ConfigError::invalid(key, "must be greater than 0"));
                 }
             }
+            redis.tls.material("engine.redis.tls")?;
+            redis.sentinel_tls.material("engine.redis.sentinel_tls")?;
+        }
+        if self.client.presence_update_interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "client.presence_update_interval",
+                "must be greater than 0",
+            ));
+        }
+        if self.client.presence_update_interval >= self.engine.presence_ttl() {
+            return Err(ConfigError::invalid(
+                "client.presence_update_interval",
+                format!(
+                    "must be shorter than the presence TTL ({:?}{}), or presence entries lapse between two refreshes",
+                    self.engine.presence_ttl(),
+                    if self.engine.kind == EngineType::Redis {
+                        ", engine.redis.presence_ttl"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
         }
 
         let tls = &self.http_server.tls;
@@ -2506,6 +2706,46 @@ mod tests {
                 .contains("addr=\"h2\" is not host:port")
         );
 
+        // TLS: `rediss://` or `tls.enabled`; with Sentinel the scheme's TLS is the
+        // Sentinels', the master's is `tls.enabled`.
+        let tls_of = |cfg: &RedisConfig, address: &str| {
+            let mut cfg = cfg.clone();
+            cfg.address = vec![address.to_owned()];
+            let a = cfg.shards().unwrap().remove(0);
+            (a.tls, a.sentinel.as_ref().map(|s| s.tls), a.to_string())
+        };
+        let mut tls = RedisConfig::default();
+        assert_eq!(
+            tls_of(&tls, "rediss://h:1"),
+            (true, None, "rediss://h:1/0".into())
+        );
+        assert_eq!(
+            tls_of(&tls, "redis://h:1"),
+            (false, None, "redis://h:1/0".into())
+        );
+        assert_eq!(
+            tls_of(&tls, "rediss+sentinel://s?sentinel_master_name=m"),
+            (
+                false,
+                Some(true),
+                "rediss+sentinel://s:26379/0?sentinel_master_name=m".into()
+            )
+        );
+        tls.tls.enabled = true;
+        assert_eq!(
+            tls_of(&tls, "redis://h:1"),
+            (true, None, "rediss://h:1/0".into())
+        );
+        assert!(
+            tls_of(&tls, "redis+sentinel://s?sentinel_master_name=m").0,
+            "the master over TLS"
+        );
+        tls.sentinel_tls.enabled = true;
+        assert_eq!(
+            tls_of(&tls, "redis+sentinel://s?sentinel_master_name=m").1,
+            Some(true)
+        );
+
         let (cfg, _) = load_str(
             "yaml",
             "engine:\n  type: redis\n  redis:\n    address: [\"127.0.0.1:6380\", \"redis://u@h2\"]\n    db: 3\n    password: pw\n",
@@ -3141,6 +3381,76 @@ force_recovery = true
             validation_error(&cfg),
             "engine.redis.io_timeout: must be greater than 0"
         );
+        cfg.engine.redis.io_timeout = Duration::from_secs(1);
+
+        // Presence: the refresh must come before the entries lapse.
+        cfg.engine.redis.presence_ttl = Duration::from_secs(20);
+        cfg.client.presence_update_interval = Duration::from_secs(20);
+        assert_eq!(
+            validation_error(&cfg),
+            "client.presence_update_interval: must be shorter than the presence TTL (20s, engine.redis.presence_ttl), or presence entries lapse between two refreshes"
+        );
+        cfg.client.presence_update_interval = Duration::from_secs(5);
+        cfg.validate()
+            .expect("a 5s refresh of 20s entries is valid");
+        cfg.engine.kind = EngineType::Memory;
+        cfg.client.presence_update_interval = Duration::from_secs(60);
+        assert!(validation_error(&cfg).contains("presence TTL (60s)"));
+        cfg.engine.kind = EngineType::Redis;
+        cfg.client.presence_update_interval = Duration::from_secs(5);
+
+        // TLS: every problem names its key, and no key material is echoed.
+        let tls_error = |tls: RedisTlsConfig| {
+            let mut cfg = cfg.clone();
+            cfg.engine.redis.tls = tls;
+            validation_error(&cfg)
+        };
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+        assert_eq!(
+            tls_error(RedisTlsConfig {
+                cert_pem: cert_pem.clone(),
+                ..Default::default()
+            }),
+            "engine.redis.tls.key_pem: is required with cert_pem (the client certificate's private key)"
+        );
+        assert!(
+            tls_error(RedisTlsConfig {
+                server_ca_pem: "/no/such/ca.pem".to_owned(),
+                ..Default::default()
+            })
+            .starts_with("engine.redis.tls.server_ca_pem: \"/no/such/ca.pem\" is not PEM text")
+        );
+        assert!(
+            tls_error(RedisTlsConfig {
+                server_ca_pem: key_pem.clone(),
+                ..Default::default()
+            })
+            .starts_with("engine.redis.tls.server_ca_pem: no CERTIFICATE block")
+        );
+        assert!(
+            tls_error(RedisTlsConfig {
+                server_name: "redis.internal".to_owned(),
+                ..Default::default()
+            })
+            .starts_with("engine.redis.tls.server_name: is not supported")
+        );
+        let mut with_sentinel_tls = cfg.clone();
+        with_sentinel_tls.engine.redis.sentinel_tls.key_pem = key_pem.clone();
+        assert!(
+            validation_error(&with_sentinel_tls)
+                .starts_with("engine.redis.sentinel_tls.cert_pem: ")
+        );
+        let good = RedisTlsConfig {
+            enabled: true,
+            cert_pem,
+            key_pem: key_pem.clone(),
+            server_ca_pem: cert.cert.pem(),
+            ..Default::default()
+        };
+        let material = good.material("engine.redis.tls").unwrap();
+        assert!(material.client.is_some() && material.server_ca.is_some());
+        assert!(!format!("{good:?}").contains(&key_pem[40..80]));
 
         let mut cfg = Config::default();
         cfg.log.level = "loud".to_owned();

@@ -55,6 +55,49 @@ impl GapLabel {
     };
 }
 
+/// Label: one Redis instance (an entry of `engine.redis.address`, without its password).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedisShardLabel {
+    /// The address, e.g. `redis://127.0.0.1:6379/0`.
+    pub shard: String,
+}
+
+/// Label: one connection of a Redis instance.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedisConnLabel {
+    /// The address, e.g. `redis://127.0.0.1:6379/0`.
+    pub shard: String,
+    /// `commands` (scripts, history, presence, PUBLISH), `pubsub` (the channels' PUB/SUB
+    /// reader) or `control` (the node-to-node control channel's PUB/SUB reader, on the
+    /// first instance).
+    pub connection: &'static str,
+}
+
+/// The Redis engine's metrics: the state of its connections and what it did to get over
+/// their failures. Made by the engine (cheap clones share the values) and registered by
+/// the node with [`Metrics::register_redis`].
+#[derive(Clone, Debug, Default)]
+pub struct RedisMetrics {
+    /// 1 while a connection is up, 0 while it is down (commands: 0 until the first
+    /// request, then the outcome of the last one).
+    pub up: Family<RedisConnLabel, Gauge>,
+    /// Connections made again after one was lost.
+    pub reconnects: Family<RedisConnLabel, Counter>,
+    /// PUB/SUB reconnects after which every wanted channel was subscribed again.
+    pub resubscribes: Family<RedisShardLabel, Counter>,
+    /// Channels subscribed again by those resubscribes.
+    pub resubscribed_channels: Family<RedisShardLabel, Counter>,
+    /// Channels caught up from their stream after a PUB/SUB outage.
+    pub catch_ups: Family<RedisShardLabel, Counter>,
+    /// Publications delivered by those catch-ups (missed by PUB/SUB, read from the stream).
+    pub catch_up_publications: Family<RedisShardLabel, Counter>,
+    /// Catch-ups that failed (the stream could not be read; subscribers recover through
+    /// gap detection).
+    pub catch_up_errors: Family<RedisShardLabel, Counter>,
+    /// Publishes (publications, join and leave events, control messages) that failed.
+    pub publish_errors: Family<RedisShardLabel, Counter>,
+}
+
 /// Every metric Herald exports.
 pub struct Metrics {
     registry: Registry,
@@ -170,6 +213,51 @@ impl Metrics {
             m.queued_bytes.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Adds the Redis engine's metrics (`herald_redis_*`).
+    pub fn register_redis(&mut self, m: &RedisMetrics) {
+        let r = &mut self.registry;
+        r.register(
+            "redis_up",
+            "Whether a Redis connection is up (1) or down (0)",
+            m.up.clone(),
+        );
+        r.register(
+            "redis_reconnects",
+            "Redis connections made again after a loss",
+            m.reconnects.clone(),
+        );
+        r.register(
+            "redis_resubscribes",
+            "PUB/SUB reconnects that subscribed every channel again",
+            m.resubscribes.clone(),
+        );
+        r.register(
+            "redis_resubscribed_channels",
+            "Channels subscribed again after PUB/SUB reconnects",
+            m.resubscribed_channels.clone(),
+        );
+        r.register(
+            "redis_catch_ups",
+            "Channels caught up from their stream after a PUB/SUB outage",
+            m.catch_ups.clone(),
+        );
+        r.register(
+            "redis_catch_up_publications",
+            "Publications a PUB/SUB outage missed, delivered from the stream",
+            m.catch_up_publications.clone(),
+        );
+        r.register(
+            "redis_catch_up_errors",
+            "Catch-ups after a PUB/SUB outage that could not read the stream",
+            m.catch_up_errors.clone(),
+        );
+        r.register(
+            "redis_publish_errors",
+            "Publishes to Redis that failed",
+            m.publish_errors.clone(),
+        );
     }
 
     /// Counts `n` subscriptions found to have missed publications.

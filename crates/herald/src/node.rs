@@ -29,9 +29,6 @@ use crate::metrics::{GapLabel, Metrics};
 
 pub use crate::engine::control::NodeInfo;
 
-/// How long a presence entry lives without being refreshed by its session.
-pub const PRESENCE_TTL: Duration = Duration::from_secs(60);
-
 /// Shards of the per-channel subscribe lock. Channels that share a shard wait for each
 /// other's broker subscribe or unsubscribe (one round trip to a remote broker); 1024 keeps
 /// that rare while the locks take about 40 KiB.
@@ -189,7 +186,11 @@ impl Node {
             verifier.clone()
         };
         let hub = Arc::new(Hub::new());
-        let metrics = Arc::new(Metrics::new());
+        let mut metrics = Metrics::new();
+        if let Some(redis) = &engine.redis_metrics {
+            metrics.register_redis(redis);
+        }
+        let metrics = Arc::new(metrics);
         engine.broker.register_handler(Arc::new(HubHandler {
             hub: hub.clone(),
             metrics: metrics.clone(),
@@ -570,7 +571,10 @@ impl Node {
     }
 
     pub(crate) async fn add_presence(&self, channel: &str, info: &ClientInfo) {
-        if let Err(e) = self.engine.presence.add(channel, info, PRESENCE_TTL).await {
+        // Lives `presence_ttl` unless the session refreshes it (every
+        // `client.presence_update_interval`, which validation keeps shorter).
+        let ttl = self.config.engine.presence_ttl();
+        if let Err(e) = self.engine.presence.add(channel, info, ttl).await {
             tracing::warn!(channel, error = %e, "presence add failed");
         }
     }

@@ -24,10 +24,6 @@ use crate::node::Node;
 use crate::protocol::Encoding;
 use crate::protocol::proto::{self, Command, Reply};
 
-/// How often a session refreshes its presence entries; well within
-/// [`crate::node::PRESENCE_TTL`], so they live exactly as long as the connection.
-const PRESENCE_REFRESH: Duration = Duration::from_secs(25);
-
 /// What a transport tells the session about itself.
 #[derive(Clone, Copy, Debug)]
 pub struct TransportInfo {
@@ -301,7 +297,9 @@ impl Session {
             self.next_ping = Some(now + cfg.ping_interval);
         }
         if self.next_presence.is_some_and(|d| d <= now) {
-            self.next_presence = Some(now + PRESENCE_REFRESH);
+            // Shorter than the engine's presence TTL (validated), so the entries live
+            // exactly as long as the connection.
+            self.next_presence = Some(now + self.node.config.client.presence_update_interval);
             self.refresh_presence().await;
         }
         if self.next_position_check.is_some_and(|d| d <= now) {
@@ -711,7 +709,7 @@ impl Session {
             self.activate(&channel, None, position.as_ref());
             self.after_join(&channel).await;
         }
-        self.next_presence = Some(Instant::now() + PRESENCE_REFRESH);
+        self.next_presence = Some(Instant::now() + cfg.client.presence_update_interval);
         self.next_position_check = self
             .node
             .position_checks()

@@ -203,6 +203,28 @@ async fn publish_answers_an_error_while_redis_is_down() {
     }
     // The client stays connected meanwhile.
     alice.call_ok(cmd::ping()).await;
+    // The metrics show the connections down and the failed publishes.
+    let shard = format!("{}/0", redis.url());
+    let up = |connection: &str| {
+        format!("herald_redis_up{{shard=\"{shard}\",connection=\"{connection}\"}}")
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api(&a).metric(&up("pubsub")).await != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the PUB/SUB connection still counts as up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(api(&a).metric(&up("commands")).await, 0.0);
+    assert!(
+        api(&a)
+            .metric(&format!(
+                "herald_redis_publish_errors_total{{shard=\"{shard}\"}}"
+            ))
+            .await
+            >= 3.0
+    );
 
     // Redis comes back empty: publishing works again, the node subscribed the channel
     // again, and the stream starts over in a new epoch, which the subscriber is told about
@@ -234,6 +256,14 @@ async fn publish_answers_an_error_while_redis_is_down() {
         .push_where("a publication after the restart", |p| p.r#pub.is_some())
         .await;
     assert_eq!(payload_json(&p.r#pub.unwrap().data)["n"], json!(6));
+    // Every connection is back, each counted as one reconnect.
+    for connection in ["commands", "pubsub", "control"] {
+        assert_eq!(api(&a).metric(&up(connection)).await, 1.0, "{connection}");
+        let reconnects = format!(
+            "herald_redis_reconnects_total{{shard=\"{shard}\",connection=\"{connection}\"}}"
+        );
+        assert_eq!(api(&a).metric(&reconnects).await, 1.0, "{connection}");
+    }
 }
 
 /// The real centrifuge JS SDK across two nodes: `tests/js/sdk_cluster.cjs` (cross-node

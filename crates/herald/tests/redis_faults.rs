@@ -217,6 +217,39 @@ async fn dropped_pubsub_connections_lose_no_acknowledged_publication() {
     assert_eq!(offsets, (1..=300).collect::<Vec<u64>>());
     on_a.assert_got_all("subscriber on node A", &acked).await;
     on_b.assert_got_all("subscriber on node B", &acked).await;
+
+    // The metrics tell the story: on each node both PUB/SUB connections (channels and
+    // control) were made again twice, the channel subscribed again each time, and what
+    // the outages missed was read from the stream.
+    let shard = format!("{}/0", redis.url());
+    let mut recovered = 0.0;
+    for h in [&a, &b] {
+        let api = api(h);
+        let series =
+            |name: &str, extra: &str| format!("herald_redis_{name}{{shard=\"{shard}\"{extra}}}");
+        for connection in ["pubsub", "control"] {
+            let conn = format!(",connection=\"{connection}\"");
+            assert_eq!(
+                api.metric(&series("reconnects_total", &conn)).await,
+                2.0,
+                "{connection}"
+            );
+            assert_eq!(api.metric(&series("up", &conn)).await, 1.0, "{connection}");
+        }
+        assert_eq!(api.metric(&series("resubscribes_total", "")).await, 2.0);
+        assert_eq!(
+            api.metric(&series("resubscribed_channels_total", "")).await,
+            2.0
+        );
+        assert_eq!(api.metric(&series("catch_ups_total", "")).await, 2.0);
+        assert_eq!(api.metric(&series("catch_up_errors_total", "")).await, 0.0);
+        assert_eq!(api.metric(&series("publish_errors_total", "")).await, 0.0);
+        recovered += api.metric(&series("catch_up_publications_total", "")).await;
+    }
+    assert!(
+        recovered >= 1.0,
+        "publications read from the stream: {recovered}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,4 +360,69 @@ async fn clients_of_a_killed_node_recover_on_another() {
     assert!(sub.recovered, "{sub:?}");
     let offsets: Vec<u64> = sub.publications.iter().map(|p| p.offset).collect();
     assert_eq!(offsets, [21, 22, 23, 24, 25]);
+}
+
+/// A node killed while its clients are in a channel's presence: their entries stop being
+/// refreshed and disappear after `engine.redis.presence_ttl`, while the live node's
+/// entries, refreshed every `client.presence_update_interval`, outlive that TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_of_a_killed_node_expires_after_presence_ttl() {
+    let redis = RedisServer::start();
+    let start = || {
+        let mut config = common::default_config();
+        support::merge(
+            &mut config,
+            json!({"engine": {"type": "redis", "redis": {"address": redis.url(), "presence_ttl": "2s"}},
+                   "client": {"presence_update_interval": "400ms"}}),
+        );
+        Herald::start(config)
+    };
+    let (mut a, b) = (start(), start());
+    let channel = "chat:presence-ttl";
+    let mut clients = Vec::new();
+    for (h, user) in [(&a, "alice"), (&b, "bob")] {
+        let mut c = Client::open_at(h.addr(), Encoding::Json, None).await;
+        c.connect(&support::sign(&h.secret, &json!({"sub": user})))
+            .await;
+        c.subscribe(channel).await;
+        clients.push(c);
+    }
+    let api_b = api(&b);
+    let users = || async {
+        let r = api_b.ok("presence", json!({"channel": channel})).await;
+        let mut users: Vec<String> = r["presence"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|c| c["user"].as_str().unwrap().to_owned())
+            .collect();
+        users.sort_unstable();
+        users
+    };
+    assert_eq!(users().await, ["alice", "bob"]);
+    // Past the TTL, both are still there: their nodes refresh them.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(
+        users().await,
+        ["alice", "bob"],
+        "refreshed entries outlive the TTL"
+    );
+
+    a.kill();
+    let killed = Instant::now();
+    assert_eq!(
+        users().await,
+        ["alice", "bob"],
+        "alice's entry lives on for a while"
+    );
+    let deadline = killed + Duration::from_secs(10);
+    while users().await != ["bob"] {
+        assert!(Instant::now() < deadline, "alice's entry never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gone_after = killed.elapsed();
+    assert!(
+        gone_after >= Duration::from_millis(1500) && gone_after <= Duration::from_millis(3500),
+        "alice's entry expired {gone_after:?} after the kill (TTL 2s, refreshed every 400ms)"
+    );
 }

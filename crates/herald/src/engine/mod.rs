@@ -219,6 +219,8 @@ pub struct Engine {
     pub control: Arc<dyn control::Controller>,
     /// Started by [`Engine::start`], stopped by [`Engine::close`].
     parts: Vec<Arc<dyn Lifecycle>>,
+    /// The Redis engine's connection metrics, for the node to register and export.
+    pub redis_metrics: Option<crate::metrics::RedisMetrics>,
 }
 
 impl Engine {
@@ -254,7 +256,14 @@ impl Engine {
             presence,
             control: Arc::new(control::MemoryController::new()),
             parts,
+            redis_metrics: None,
         }
+    }
+
+    /// The same engine exporting `metrics` through the node.
+    pub fn with_redis_metrics(mut self, metrics: crate::metrics::RedisMetrics) -> Engine {
+        self.redis_metrics = Some(metrics);
+        self
     }
 
     /// The same engine with another controller (a networked engine's); `part`, when

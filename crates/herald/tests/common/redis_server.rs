@@ -17,8 +17,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running redis-server.
 pub struct RedisServer {
-    /// Its TCP port on 127.0.0.1.
+    /// Its TCP port on 127.0.0.1 (plain; the tests' own commands use it).
     pub port: u16,
+    /// Its TLS port, when started with [`RedisServer::start_tls`].
+    pub tls_port: Option<u16>,
     /// Arguments beyond the defaults, kept for a restart.
     extra: Vec<String>,
     child: Option<Child>,
@@ -40,6 +42,7 @@ impl RedisServer {
                 Ok(child) => {
                     return RedisServer {
                         port,
+                        tls_port: None,
                         extra,
                         child: Some(child),
                     };
@@ -48,6 +51,37 @@ impl RedisServer {
             }
         }
         panic!("redis-server did not start: {last}");
+    }
+
+    /// Like [`RedisServer::start`], with a TLS port as well, serving `ca`'s server
+    /// certificate; with `client_auth` a client must present a certificate `ca` signed
+    /// (Redis's default, `tls-auth-clients yes`). The plain port stays for the test's own
+    /// commands.
+    pub fn start_tls(ca: &TestCa, client_auth: bool) -> RedisServer {
+        let tls_port = super::free_port();
+        let file = |name: &str| ca.dir.join(name).to_string_lossy().to_string();
+        let mut server = Self::start_with(&[
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &file("server.pem"),
+            "--tls-key-file",
+            &file("server.key"),
+            "--tls-ca-cert-file",
+            &file("ca.pem"),
+            "--tls-auth-clients",
+            if client_auth { "yes" } else { "no" },
+        ]);
+        server.tls_port = Some(tls_port);
+        server
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT` (after [`RedisServer::start_tls`]).
+    pub fn tls_url(&self) -> String {
+        format!(
+            "rediss://127.0.0.1:{}",
+            self.tls_port.expect("started with start_tls")
+        )
     }
 
     fn spawn(port: u16, extra: &[String]) -> Result<Child, String> {
@@ -178,6 +212,17 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts three cluster nodes and joins them; waits until the cluster is ok.
     pub fn start() -> RedisCluster {
+        Self::start_inner(None)
+    }
+
+    /// Like [`RedisCluster::start`], with TLS for clients and for the cluster bus
+    /// (`tls-cluster yes`), so that the cluster names its nodes' TLS ports to TLS
+    /// clients; `ca` signs the certificates. The plain ports stay for the test's commands.
+    pub fn start_tls(ca: &TestCa) -> RedisCluster {
+        Self::start_inner(Some(ca))
+    }
+
+    fn start_inner(tls: Option<&TestCa>) -> RedisCluster {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -192,7 +237,7 @@ impl RedisCluster {
         let mut n = 0;
         while nodes.len() < 3 {
             n += 1;
-            let node = RedisServer::start_with(&[
+            let mut args: Vec<String> = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -201,17 +246,47 @@ impl RedisCluster {
                 "2000",
                 "--dir",
                 &dir_arg,
-            ]);
-            // The cluster bus listens on port + 10000.
-            if node.port <= 55000 {
+            ]
+            .map(String::from)
+            .to_vec();
+            let tls_port = tls.map(|ca| {
+                let port = super::free_port();
+                args.extend(
+                    [
+                        "--tls-port",
+                        &port.to_string(),
+                        "--tls-cert-file",
+                        &ca.path("server.pem"),
+                        "--tls-key-file",
+                        &ca.path("server.key"),
+                        "--tls-ca-cert-file",
+                        &ca.path("ca.pem"),
+                        "--tls-auth-clients",
+                        "no",
+                        "--tls-cluster",
+                        "yes",
+                    ]
+                    .map(String::from),
+                );
+                port
+            });
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut node = RedisServer::start_with(&args);
+            node.tls_port = tls_port;
+            // The cluster bus listens on port + 10000 (the TLS port's, with TLS).
+            if node.port.max(tls_port.unwrap_or(0)) <= 55000 {
                 nodes.push(node);
             }
         }
         let addrs: Vec<String> = nodes
             .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
+            .map(|n| format!("127.0.0.1:{}", n.tls_port.unwrap_or(n.port)))
             .collect();
-        let out = Command::new("redis-cli")
+        let mut cli = Command::new("redis-cli");
+        if let Some(ca) = tls {
+            cli.args(["--tls", "--cacert", &ca.path("ca.pem")]);
+        }
+        let out = cli
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -233,13 +308,18 @@ impl RedisCluster {
         RedisCluster { nodes, dir }
     }
 
-    /// `redis://` of the first node, with the others as `addr=` seeds.
+    /// `redis://` of the first node, with the others as `addr=` seeds (`rediss://` and
+    /// the TLS ports after [`RedisCluster::start_tls`]).
     pub fn url(&self) -> String {
         let seeds: Vec<String> = self.nodes[1..]
             .iter()
-            .map(|n| format!("addr=127.0.0.1:{}", n.port))
+            .map(|n| format!("addr=127.0.0.1:{}", n.tls_port.unwrap_or(n.port)))
             .collect();
-        format!("{}?{}", self.nodes[0].url(), seeds.join("&"))
+        let first = match self.nodes[0].tls_port {
+            Some(_) => self.nodes[0].tls_url(),
+            None => self.nodes[0].url(),
+        };
+        format!("{first}?{}", seeds.join("&"))
     }
 }
 
@@ -393,6 +473,85 @@ impl Drop for RedisSentinel {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A certificate authority made for one test, with a server certificate for 127.0.0.1
+/// and `localhost` and a client certificate, all signed by it; PEM files in a temporary
+/// directory (removed with the handle): `ca.pem`, `server.pem`, `server.key`,
+/// `client.pem`, `client.key`.
+pub struct TestCa {
+    /// Where the files are.
+    pub dir: std::path::PathBuf,
+    /// The CA certificate (PEM).
+    pub ca_pem: String,
+    /// The client certificate and its key (PEM).
+    pub client_pem: String,
+    pub client_key: String,
+}
+
+impl TestCa {
+    /// A new CA (a different one each call: a test's "wrong CA" is another `TestCa`).
+    pub fn new() -> TestCa {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("herald-redis-tls-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tls dir");
+
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, format!("Herald test CA {nanos}"));
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::from_params(&ca_params, &ca_key);
+        let leaf = |names: Vec<String>, cn: &str| {
+            let key = KeyPair::generate().expect("key");
+            let mut params = CertificateParams::new(names).expect("params");
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let cert = params.signed_by(&key, &issuer).expect("certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_pem, server_key) = leaf(
+            vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+            "redis",
+        );
+        let (client_pem, client_key) = leaf(vec!["herald".to_owned()], "herald");
+        let ca_pem = ca_cert.pem();
+        for (name, pem) in [
+            ("ca.pem", &ca_pem),
+            ("server.pem", &server_pem),
+            ("server.key", &server_key),
+            ("client.pem", &client_pem),
+            ("client.key", &client_key),
+        ] {
+            std::fs::write(dir.join(name), pem).expect("write PEM");
+        }
+        TestCa {
+            dir,
+            ca_pem,
+            client_pem,
+            client_key,
+        }
+    }
+
+    /// The path of one of its files.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().to_string()
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

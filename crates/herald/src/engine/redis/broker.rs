@@ -66,7 +66,7 @@ impl RedisBroker {
         let pubsub = shards
             .shards
             .iter()
-            .map(|s| Arc::new(PubSub::new(s)))
+            .map(|s| Arc::new(PubSub::new(s, "pubsub")))
             .collect();
         RedisBroker {
             delivery: Arc::new(Delivery {
@@ -149,15 +149,18 @@ impl Delivery {
             filter.since = None;
             result = read_history(&self.shards, channel, &filter).await;
         }
+        let metrics = &self.shards.of(channel).metrics;
         let result = match result {
             Ok(r) => r,
             Err(e) => {
+                metrics.catch_up_errors.inc();
                 tracing::warn!(channel, error = %e, "catching up after a PUB/SUB reconnect failed");
                 return;
             }
         };
+        metrics.catch_ups.inc();
         let epoch = result.position.epoch;
-        let n = result.publications.len();
+        let mut n = 0;
         for publication in result.publications {
             let position = StreamPosition {
                 offset: publication.offset,
@@ -165,8 +168,10 @@ impl Delivery {
             };
             if self.advance(channel, &position) {
                 handler.handle_publication(channel, publication, &position);
+                n += 1;
             }
         }
+        metrics.catch_up_publications.inc_by(n);
         if n > 0 {
             tracing::info!(
                 channel,
@@ -461,10 +466,16 @@ impl Broker for RedisBroker {
             .arg(millis(meta_ttl))
             .arg(new_epoch());
         let shard = self.shards.of(channel);
-        let mut conn = shard.conn().await?;
-        let reply: Value = shard
-            .run(async move { invocation.invoke_async(&mut conn).await })
-            .await?;
+        let reply: Value = async {
+            let mut conn = shard.conn().await?;
+            shard
+                .run(async move { invocation.invoke_async(&mut conn).await })
+                .await
+        }
+        .await
+        .inspect_err(|_| {
+            shard.metrics.publish_errors.inc();
+        })?;
         let Value::Array(parts) = &reply else {
             return Err(corrupt("publish"));
         };

@@ -38,7 +38,7 @@ struct Inbox {
 
 impl RedisController {
     pub(super) fn new(shards: Arc<Shards>) -> RedisController {
-        let pubsub = Arc::new(PubSub::new(&shards.shards[0]));
+        let pubsub = Arc::new(PubSub::new(&shards.shards[0], "control"));
         RedisController {
             shards,
             pubsub,

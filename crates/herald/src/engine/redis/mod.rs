@@ -43,18 +43,21 @@ pub use presence::RedisPresence;
 
 use super::{Engine, EngineError, Lifecycle};
 use crate::config::RedisConfig;
+use crate::metrics::RedisMetrics;
 use shard::Shard;
 
 /// Builds the Redis engine from `engine.redis.*`. Connects nothing: connections are made
 /// when the engine starts or on first use.
 pub fn build(config: &RedisConfig) -> Result<Engine, EngineError> {
-    let shards = Arc::new(Shards::new(config)?);
+    let metrics = RedisMetrics::default();
+    let shards = Arc::new(Shards::new(config, &metrics)?);
     let broker = Arc::new(RedisBroker::new(shards.clone()));
     let control = Arc::new(RedisController::new(shards.clone()));
     let presence = Arc::new(RedisPresence::new(shards));
     Ok(
         Engine::new(broker.clone(), presence, vec![broker as Arc<dyn Lifecycle>])
-            .with_control(control.clone(), Some(control as Arc<dyn Lifecycle>)),
+            .with_control(control.clone(), Some(control as Arc<dyn Lifecycle>))
+            .with_redis_metrics(metrics),
     )
 }
 
@@ -65,11 +68,17 @@ pub(crate) struct Shards {
 }
 
 impl Shards {
-    fn new(config: &RedisConfig) -> Result<Shards, EngineError> {
+    fn new(config: &RedisConfig, metrics: &RedisMetrics) -> Result<Shards, EngineError> {
         let addresses = config.shards().map_err(EngineError::Unavailable)?;
+        let material = |tls: &crate::config::RedisTlsConfig, section: &str| {
+            tls.material(section)
+                .map_err(|e| EngineError::Unavailable(e.to_string()))
+        };
+        let tls = material(&config.tls, "engine.redis.tls")?;
+        let sentinel_tls = material(&config.sentinel_tls, "engine.redis.sentinel_tls")?;
         let shards = addresses
             .into_iter()
-            .map(|a| Shard::new(a, config))
+            .map(|a| Shard::new(a, config, &tls, &sentinel_tls, metrics))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Shards {
             shards,

@@ -22,8 +22,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{RedisAddress, RedisConfig};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::config::{RedisAddress, RedisConfig, RedisTlsMaterial};
 use crate::engine::EngineError;
+use crate::metrics::{RedisConnLabel, RedisMetrics, RedisShardLabel};
 
 /// How often an idle PUB/SUB connection is pinged.
 const PING_INTERVAL: Duration = Duration::from_secs(5);
@@ -32,6 +36,137 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Channels per SUBSCRIBE command when subscribing everything again after a reconnect.
 const RESUBSCRIBE_BATCH: usize = 512;
+
+/// TLS to one kind of server (Redis servers, or Sentinels): `None` for plain TCP.
+pub(super) type Tls = Option<Arc<TlsSetup>>;
+
+/// What a TLS connection trusts and presents.
+pub(super) struct TlsSetup {
+    /// Root CA and client certificate, for the `redis` crate (rustls).
+    certs: redis::TlsCertificates,
+    /// `insecure_skip_verify`: no check of the server's certificate.
+    insecure: bool,
+}
+
+impl TlsSetup {
+    pub(super) fn new(material: &RedisTlsMaterial) -> TlsSetup {
+        TlsSetup {
+            certs: redis::TlsCertificates {
+                client_tls: material
+                    .client
+                    .as_ref()
+                    .map(|(cert, key)| redis::ClientTlsConfig {
+                        client_cert: cert.clone(),
+                        client_key: key.clone(),
+                    }),
+                root_cert: material.server_ca.clone(),
+            },
+            insecure: material.insecure_skip_verify,
+        }
+    }
+}
+
+/// A client for `host:port`, over TLS when `tls` says so.
+fn open_client(
+    host: String,
+    port: u16,
+    tls: &Tls,
+    settings: redis::RedisConnectionInfo,
+) -> redis::RedisResult<redis::Client> {
+    let addr = match tls {
+        None => redis::ConnectionAddr::Tcp(host, port),
+        Some(t) => redis::ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: t.insecure,
+            tls_params: None,
+        },
+    };
+    let info = redis::IntoConnectionInfo::into_connection_info(addr)?.set_redis_settings(settings);
+    match tls {
+        None => redis::Client::open(info),
+        Some(t) => redis::Client::build_with_tls(info, t.certs.clone()),
+    }
+}
+
+/// One connection's state in the metrics: the `up` gauge, and a reconnect counted when
+/// a connection that had been up and was lost works again.
+pub(super) struct ConnState {
+    up: Gauge,
+    reconnects: Counter,
+    /// 0: not tried yet; 1: up; 2: lost after being up; 3: failing, never up.
+    state: std::sync::atomic::AtomicU8,
+}
+
+impl ConnState {
+    fn new(metrics: &RedisMetrics, shard: &str, connection: &'static str) -> ConnState {
+        let label = RedisConnLabel {
+            shard: shard.to_owned(),
+            connection,
+        };
+        let up = metrics.up.get_or_create(&label).clone();
+        up.set(0);
+        ConnState {
+            up,
+            reconnects: metrics.reconnects.get_or_create(&label).clone(),
+            state: std::sync::atomic::AtomicU8::new(0),
+        }
+    }
+
+    /// The connection works; returns whether this is a reconnect.
+    fn up(&self) -> bool {
+        self.up.set(1);
+        let reconnect = self.state.swap(1, std::sync::atomic::Ordering::Relaxed) == 2;
+        if reconnect {
+            self.reconnects.inc();
+        }
+        reconnect
+    }
+
+    /// The connection is lost, or could not be made; returns whether it was up (or not
+    /// tried) until now, so that a caller logs the change once, not every failure.
+    fn down(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.up.set(0);
+        let changed = self.state.fetch_update(Relaxed, Relaxed, |s| match s {
+            0 => Some(3),
+            1 => Some(2),
+            _ => None,
+        });
+        changed.is_ok()
+    }
+}
+
+/// One shard's handles into the engine's [`RedisMetrics`].
+pub(super) struct ShardMetrics {
+    /// The whole set (the PUB/SUB sides take their handles from it).
+    all: RedisMetrics,
+    /// This shard's address, the `shard` label.
+    shard: String,
+    /// The command connection.
+    commands: ConnState,
+    pub(super) publish_errors: Counter,
+    pub(super) catch_ups: Counter,
+    pub(super) catch_up_publications: Counter,
+    pub(super) catch_up_errors: Counter,
+}
+
+impl ShardMetrics {
+    fn new(all: &RedisMetrics, shard: String) -> ShardMetrics {
+        let label = RedisShardLabel {
+            shard: shard.clone(),
+        };
+        ShardMetrics {
+            all: all.clone(),
+            commands: ConnState::new(all, &shard, "commands"),
+            publish_errors: all.publish_errors.get_or_create(&label).clone(),
+            catch_ups: all.catch_ups.get_or_create(&label).clone(),
+            catch_up_publications: all.catch_up_publications.get_or_create(&label).clone(),
+            catch_up_errors: all.catch_up_errors.get_or_create(&label).clone(),
+            shard,
+        }
+    }
+}
 
 /// One Redis instance, or one Redis Cluster (detected at the first connection, as
 /// Centrifugo does: `INFO cluster` says `cluster_enabled:1`).
@@ -49,6 +184,10 @@ pub(super) struct Shard {
     connecting: tokio::sync::Mutex<()>,
     connect_timeout: Duration,
     io_timeout: Duration,
+    /// TLS to the Redis servers (the `addr=` seeds and the nodes of a Cluster too).
+    tls: Tls,
+    /// Connection states and error counts, exported by the node.
+    pub(super) metrics: ShardMetrics,
 }
 
 /// The master a Sentinel setup is asked for.
@@ -56,6 +195,8 @@ pub(super) struct SentinelTarget {
     master_name: String,
     /// Database, user and password of the master.
     redis: redis::RedisConnectionInfo,
+    /// TLS to the master (the Sentinels' own is in their clients).
+    tls: Tls,
 }
 
 /// Asks the Sentinels in `sentinels`, in order, where the master is; a client for it.
@@ -88,11 +229,7 @@ async fn resolve_master(
         };
         match asked.await {
             Ok((host, port)) => {
-                let info = redis::IntoConnectionInfo::into_connection_info(
-                    redis::ConnectionAddr::Tcp(host, port),
-                )?
-                .set_redis_settings(target.redis.clone());
-                return redis::Client::open(info);
+                return open_client(host, port, &target.tls, target.redis.clone());
             }
             Err(e) => last = Some(e),
         }
@@ -153,7 +290,16 @@ impl redis::aio::ConnectionLike for Conn {
 }
 
 impl Shard {
-    pub(super) fn new(address: RedisAddress, config: &RedisConfig) -> Result<Shard, EngineError> {
+    /// `tls` and `sentinel_tls` are the material of `engine.redis.tls` and
+    /// `engine.redis.sentinel_tls`, used where `address` asks for TLS.
+    pub(super) fn new(
+        address: RedisAddress,
+        config: &RedisConfig,
+        tls: &RedisTlsMaterial,
+        sentinel_tls: &RedisTlsMaterial,
+        metrics: &RedisMetrics,
+    ) -> Result<Shard, EngineError> {
+        let server_tls: Tls = address.tls.then(|| Arc::new(TlsSetup::new(tls)));
         let mut redis_info = redis::RedisConnectionInfo::default().set_db(address.db);
         if !address.user.is_empty() {
             redis_info = redis_info.set_username(&address.user);
@@ -165,6 +311,7 @@ impl Shard {
             Arc::new(SentinelTarget {
                 master_name: s.master_name.clone(),
                 redis: redis_info.clone(),
+                tls: server_tls.clone(),
             })
         });
         // With Sentinel the listed addresses are Sentinels, with logins of their own.
@@ -181,18 +328,17 @@ impl Shard {
             }
             None => redis_info,
         };
+        let listed_tls: Tls = match &address.sentinel {
+            Some(s) => s.tls.then(|| Arc::new(TlsSetup::new(sentinel_tls))),
+            None => server_tls.clone(),
+        };
         let hosts = std::iter::once((address.host.clone(), address.port))
             .chain(address.seeds.iter().cloned());
         let clients = hosts
-            .map(|(host, port)| {
-                let info = redis::IntoConnectionInfo::into_connection_info(
-                    redis::ConnectionAddr::Tcp(host, port),
-                )?
-                .set_redis_settings(listed_info.clone());
-                redis::Client::open(info)
-            })
+            .map(|(host, port)| open_client(host, port, &listed_tls, listed_info.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| EngineError::Unavailable(format!("{address}: {e}")))?;
+        let metrics = ShardMetrics::new(metrics, address.to_string());
         Ok(Shard {
             address,
             clients,
@@ -201,6 +347,8 @@ impl Shard {
             connecting: tokio::sync::Mutex::new(()),
             connect_timeout: config.connect_timeout,
             io_timeout: config.io_timeout,
+            tls: server_tls,
+            metrics,
         })
     }
 
@@ -226,19 +374,40 @@ impl Shard {
                 "redis {}: no connection within {:?}",
                 self.address, self.io_timeout
             ))
-        })?
+        })
+        .flatten()
+        .inspect_err(|e| self.connection_down(e))
+    }
+
+    /// The command connection failed: counted as down, logged when it was up.
+    fn connection_down(&self, why: &dyn std::fmt::Display) {
+        if self.metrics.commands.down() {
+            tracing::warn!(redis = %self.address, error = %why, "redis command connection down");
+        }
+    }
+
+    /// A request got its answer: the command connection is up.
+    fn answered(&self) {
+        if self.metrics.commands.up() {
+            tracing::info!(redis = %self.address, "redis command connection back");
+        }
     }
 
     /// After a failure: with Sentinel, forget the connection when the master may have
     /// moved, so that the next request asks the Sentinels again.
     fn failed(&self, e: &redis::RedisError) {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+            self.connection_down(e);
+        }
         if master_may_have_moved(e) {
             self.timed_out();
         }
     }
 
-    /// After a request got no answer in time: with Sentinel, the master may be gone.
+    /// After a request got no answer in time: the connection counts as down, and with
+    /// Sentinel the master may be gone.
     fn timed_out(&self) {
+        self.connection_down(&format_args!("no answer within {:?}", self.io_timeout));
         if self.sentinel.is_some() {
             *self.conn.lock() = None;
         }
@@ -274,6 +443,16 @@ impl Shard {
                     .connection_timeout(self.connect_timeout)
                     .response_timeout(self.io_timeout)
                     .retries(2);
+                    if let Some(tls) = &self.tls {
+                        // The nodes the cluster names are reached with the same TLS.
+                        builder = builder
+                            .tls(if tls.insecure {
+                                redis::TlsMode::Insecure
+                            } else {
+                                redis::TlsMode::Secure
+                            })
+                            .certs(tls.certs.clone());
+                    }
                     if let Some(user) = info.username() {
                         builder = builder.username(user);
                     }
@@ -326,16 +505,20 @@ impl Shard {
     /// PUBLISHes `payload` on the PUB/SUB channel `name` of this shard (one request, not
     /// retried: a publish that may have reached Redis must not be sent twice).
     pub(super) async fn publish(&self, name: Vec<u8>, payload: Vec<u8>) -> Result<(), EngineError> {
-        let mut conn = self.conn().await?;
-        self.run(async move {
-            redis::cmd("PUBLISH")
-                .arg(name)
-                .arg(payload)
-                .query_async::<i64>(&mut conn)
-                .await
+        let published = async {
+            let mut conn = self.conn().await?;
+            self.run(async move {
+                redis::cmd("PUBLISH")
+                    .arg(name)
+                    .arg(payload)
+                    .query_async::<i64>(&mut conn)
+                    .await
+            })
+            .await
+        };
+        published.await.map(|_| ()).inspect_err(|_| {
+            self.metrics.publish_errors.inc();
         })
-        .await
-        .map(|_| ())
     }
 
     /// Runs one request against this shard, bounded by `io_timeout`.
@@ -344,7 +527,10 @@ impl Shard {
         F: Future<Output = redis::RedisResult<T>>,
     {
         match tokio::time::timeout(self.io_timeout, request).await {
-            Ok(Ok(v)) => Ok(v),
+            Ok(Ok(v)) => {
+                self.answered();
+                Ok(v)
+            }
             Ok(Err(e)) => {
                 self.failed(&e);
                 Err(self.error(e))
@@ -374,7 +560,10 @@ impl Shard {
             let conn = self.conn().await?;
             let attempt = tokio::time::timeout_at(deadline, request(conn)).await;
             match attempt {
-                Ok(Ok(v)) => return Ok(v),
+                Ok(Ok(v)) => {
+                    self.answered();
+                    return Ok(v);
+                }
                 Ok(Err(e))
                     if (e.is_io_error()
                         || e.is_connection_dropped()
@@ -431,6 +620,11 @@ pub(super) struct PubSub {
     state: Mutex<SubState>,
     /// `true` while a connection is live; `subscribe` waits on it for a while.
     connected: watch::Sender<bool>,
+    /// The connection's state in the metrics.
+    conn_state: ConnState,
+    /// Resubscribes after a reconnect, and the channels they subscribed again.
+    resubscribes: Counter,
+    resubscribed_channels: Counter,
 }
 
 #[derive(Default)]
@@ -443,8 +637,30 @@ struct SubState {
 }
 
 impl PubSub {
-    pub(super) fn new(shard: &Shard) -> PubSub {
+    /// The PUB/SUB side of `shard`; `connection` names it in the metrics (`pubsub` for
+    /// channels, `control` for the control channel).
+    pub(super) fn new(shard: &Shard, connection: &'static str) -> PubSub {
+        let metrics = &shard.metrics;
+        let label = RedisShardLabel {
+            shard: metrics.shard.clone(),
+        };
+        let (resubscribes, resubscribed_channels) = if connection == "pubsub" {
+            (
+                metrics.all.resubscribes.get_or_create(&label).clone(),
+                metrics
+                    .all
+                    .resubscribed_channels
+                    .get_or_create(&label)
+                    .clone(),
+            )
+        } else {
+            // The control channel is one channel, counted by its reconnects.
+            (Counter::default(), Counter::default())
+        };
         PubSub {
+            conn_state: ConnState::new(&metrics.all, &metrics.shard, connection),
+            resubscribes,
+            resubscribed_channels,
             address: shard.address.to_string(),
             clients: shard.clients.clone(),
             sentinel: shard.sentinel.clone(),
@@ -549,6 +765,7 @@ impl PubSub {
                     backoff = BACKOFF_MIN;
                 }
                 Session::Failed(why) => {
+                    let _ = self.conn_state.down();
                     self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(redis = %self.address, error = %why, retry_in = ?backoff, "redis PUB/SUB connection failed");
                 }
@@ -614,10 +831,13 @@ impl PubSub {
                 .collect()
         };
         self.connected.send_replace(true);
+        self.conn_state.up();
         if !stale.is_empty() {
             let _ = tokio::time::timeout(self.io_timeout, sink.unsubscribe(&stale)).await;
         }
         if was_connected {
+            self.resubscribes.inc();
+            self.resubscribed_channels.inc_by(snapshot.len() as u64);
             tracing::info!(redis = %self.address, channels = snapshot.len(), "redis PUB/SUB reconnected; channels subscribed again");
             // Messages of the new connection wait in its buffer meanwhile.
             tokio::select! {
@@ -648,6 +868,9 @@ impl PubSub {
         };
         self.state.lock().sink = None;
         self.connected.send_replace(false);
+        if !matches!(outcome, Session::Stopped) {
+            let _ = self.conn_state.down();
+        }
         outcome
     }
 }
