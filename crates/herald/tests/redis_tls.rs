@@ -13,20 +13,26 @@ mod support;
 use std::time::{Duration, Instant};
 
 use common::Herald;
-use common::redis_server::{RedisCluster, RedisServer, TestCa};
+use common::redis_server::{RedisCluster, RedisSentinel, RedisServer, TestCa};
 use herald::protocol::Encoding;
 use serde_json::{Value, json};
 use support::{Api, Client, payload_json};
 
 /// A Herald process on `address` with `tls` as `engine.redis.tls`.
 fn node(address: &str, tls: Value) -> Herald {
+    node_with(address, json!({"tls": tls}))
+}
+
+/// A Herald process on `address` with more `engine.redis` keys.
+fn node_with(address: &str, redis: Value) -> Herald {
     let mut config = common::default_config();
     support::merge(
         &mut config,
         json!({"engine": {"type": "redis", "redis": {
-            "address": address, "io_timeout": "1s", "connect_timeout": "500ms", "tls": tls
+            "address": address, "io_timeout": "1s", "connect_timeout": "500ms"
         }}}),
     );
+    support::merge(&mut config, json!({"engine": {"redis": redis}}));
     Herald::start(config)
 }
 
@@ -167,4 +173,38 @@ async fn two_nodes_on_a_redis_cluster_over_tls() {
         keys.iter().filter(|k| *k != ":0").count() >= 2,
         "keys on several masters: {keys:?}"
     );
+}
+
+/// Sentinel over TLS: `rediss+sentinel://` (or `sentinel_tls.enabled`) reaches the
+/// Sentinels over TLS with `engine.redis.sentinel_tls`, and `engine.redis.tls.enabled`
+/// the master they name, which has only TLS to offer the nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_through_sentinels_over_tls() {
+    let ca = TestCa::new();
+    let sentinel = RedisSentinel::start_tls(&ca);
+    assert_eq!(
+        sentinel.master_port(),
+        sentinel.master.tls_port,
+        "the Sentinel names the master's TLS port"
+    );
+    let tls = json!({"enabled": true, "server_ca_pem": ca.ca_pem});
+    let a = node_with(
+        &sentinel.tls_url(),
+        json!({"tls": tls, "sentinel_tls": {"server_ca_pem": ca.path("ca.pem")}}),
+    );
+    let b = node_with(
+        &sentinel.tls_url().replace("rediss+", "redis+"),
+        json!({"tls": tls, "sentinel_tls": {"enabled": true, "server_ca_pem": ca.ca_pem}}),
+    );
+    assert_eq!(crosses(&a, &b, "chat:sentinel-tls", 1).await, 1);
+    assert_eq!(crosses(&b, &a, "chat:sentinel-tls", 2).await, 2);
+    // Without TLS to the master, the node it names cannot be used.
+    let plain = node_with(
+        &sentinel.tls_url(),
+        json!({"sentinel_tls": {"server_ca_pem": ca.ca_pem}}),
+    );
+    let r = api(&plain)
+        .call("publish", json!({"channel": "chat:x", "data": {"n": 1}}))
+        .await;
+    assert_eq!(r["error"]["code"], json!(100), "{r}");
 }

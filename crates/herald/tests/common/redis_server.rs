@@ -359,17 +359,67 @@ pub struct RedisSentinel {
     pub replica: RedisServer,
     /// The Sentinel's port.
     pub port: u16,
+    /// The Sentinel's TLS port, after [`RedisSentinel::start_tls`].
+    pub tls_port: Option<u16>,
     child: Child,
     dir: std::path::PathBuf,
+}
+
+/// `redis-server` arguments for a TLS port serving `ca`'s server certificate, no client
+/// certificates asked, and TLS for replication links (a replica's, a Sentinel's).
+fn tls_args(ca: &TestCa, port: u16) -> Vec<String> {
+    [
+        "--tls-port",
+        &port.to_string(),
+        "--tls-cert-file",
+        &ca.path("server.pem"),
+        "--tls-key-file",
+        &ca.path("server.key"),
+        "--tls-ca-cert-file",
+        &ca.path("ca.pem"),
+        "--tls-auth-clients",
+        "no",
+        "--tls-replication",
+        "yes",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 impl RedisSentinel {
     /// Starts the three and waits until the Sentinel knows the replica.
     pub fn start() -> RedisSentinel {
+        Self::start_inner(None)
+    }
+
+    /// Like [`RedisSentinel::start`], with TLS everywhere (`ca` signs the certificates):
+    /// the Sentinel has a TLS port, watches the master through its TLS port and so names
+    /// TLS ports to its clients, and the replica replicates over TLS. Plain ports stay
+    /// for the test's commands; `port` stays the Sentinel's plain one.
+    pub fn start_tls(ca: &TestCa) -> RedisSentinel {
+        Self::start_inner(Some(ca))
+    }
+
+    fn start_inner(tls: Option<&TestCa>) -> RedisSentinel {
+        let with_tls = |mut args: Vec<String>| {
+            let port = tls.map(|ca| {
+                let port = super::free_port();
+                args.extend(tls_args(ca, port));
+                port
+            });
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut server = RedisServer::start_with(&args);
+            server.tls_port = port;
+            server
+        };
         // No delay before the first sync (5 s by default).
-        let master = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
-        let replica =
-            RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+        let master = with_tls(vec!["--repl-diskless-sync-delay".into(), "0".into()]);
+        let master_port = master.tls_port.unwrap_or(master.port);
+        let replica = with_tls(vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master_port.to_string(),
+        ]);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !Command::new("redis-cli")
             .args(["-p", &replica.port.to_string(), "INFO", "replication"])
@@ -391,15 +441,22 @@ impl RedisSentinel {
         std::fs::create_dir_all(&dir).expect("sentinel dir");
         let port = super::free_port();
         let conf = dir.join("sentinel.conf");
+        let tls_port = tls.map(|_| super::free_port());
+        let tls_conf = match (tls, tls_port) {
+            (Some(ca), Some(p)) => tls_args(ca, p)
+                .chunks(2)
+                .map(|kv| format!("{} {}\n", kv[0].trim_start_matches("--"), kv[1]))
+                .collect(),
+            _ => String::new(),
+        };
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
-                 sentinel monitor herald 127.0.0.1 {} 1\n\
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n{tls_conf}\
+                 sentinel monitor herald 127.0.0.1 {master_port} 1\n\
                  sentinel down-after-milliseconds herald 1000\n\
                  sentinel failover-timeout herald 5000\n",
                 dir.display(),
-                master.port
             ),
         )
         .expect("sentinel.conf");
@@ -416,6 +473,7 @@ impl RedisSentinel {
             master,
             replica,
             port,
+            tls_port,
             child,
             dir,
         };
@@ -427,7 +485,10 @@ impl RedisSentinel {
                 .output();
             if out.is_ok_and(|o| {
                 let text = String::from_utf8_lossy(&o.stdout).to_string();
-                text.contains(&sentinel.replica.port.to_string()) && !text.contains("s_down")
+                // A replica over TLS announces its TLS port.
+                let replica = &sentinel.replica;
+                text.contains(&replica.tls_port.unwrap_or(replica.port).to_string())
+                    && !text.contains("s_down")
             }) {
                 return sentinel;
             }
@@ -444,6 +505,15 @@ impl RedisSentinel {
         format!(
             "redis+sentinel://127.0.0.1:{}?sentinel_master_name=herald",
             self.port
+        )
+    }
+
+    /// `rediss+sentinel://127.0.0.1:TLS_PORT?sentinel_master_name=herald` (after
+    /// [`RedisSentinel::start_tls`]).
+    pub fn tls_url(&self) -> String {
+        format!(
+            "rediss+sentinel://127.0.0.1:{}?sentinel_master_name=herald",
+            self.tls_port.expect("started with start_tls")
         )
     }
 
