@@ -6,9 +6,12 @@
 //!
 //! Operations on users' sessions go through the controller, never straight to the hub:
 //! the sessions may be on any node. The node keeps a registry of the live nodes from
-//! their announcements, for `info` and for routing emulation frames.
+//! their announcements, for `info` and for routing emulation frames. Questions whose answer
+//! is spread over the nodes (`channels`, the console's connections, whether a forwarded
+//! emulation frame found its session) are surveys: asked through the controller, answered
+//! by every live node, gathered with a timeout ([`Node::survey`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -18,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::TokenVerifier;
 use crate::config::{ChannelOptions, Config};
-use crate::engine::control::{ControlCommand, ControlHandler, ControlMessage};
+use crate::engine::control::{
+    ControlCommand, ControlHandler, ControlMessage, SurveyAnswer, SurveyQuery, Surveys,
+};
 use crate::engine::{
     BrokerEventHandler, ClientInfo, Engine, EngineError, HistoryFilter, HistoryResult, Publication,
     PublishOptions, StreamPosition,
@@ -41,6 +46,11 @@ const NODE_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(3);
 /// announcements and a second of slack.
 const NODE_TTL: Duration = Duration::from_secs(7);
 
+/// How long a survey waits for the answers of the nodes it asked (Centrifugo waits 10 s).
+/// A node that died keeps its place in the registry for up to [`NODE_TTL`]; a survey
+/// asking it in that window fails after this long.
+pub const SURVEY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Failure of a server-side operation, mapped to a client error code at the edges.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -59,6 +69,14 @@ pub enum NodeError {
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// Some nodes asked in a survey did not answer in time.
+    #[error("{missing} of {asked} nodes did not answer within {SURVEY_TIMEOUT:?}")]
+    SurveyTimeout {
+        /// Nodes that did not answer.
+        missing: usize,
+        /// Nodes asked.
+        asked: usize,
+    },
 }
 
 impl From<NodeError> for ClientError {
@@ -68,7 +86,7 @@ impl From<NodeError> for ClientError {
             NodeError::NotAvailable => ClientError::NOT_AVAILABLE,
             NodeError::UnrecoverablePosition => ClientError::UNRECOVERABLE_POSITION,
             NodeError::BadRequest(m) => ClientError::BAD_REQUEST.with_message(m),
-            NodeError::Engine(_) => ClientError::INTERNAL,
+            NodeError::Engine(_) | NodeError::SurveyTimeout { .. } => ClientError::INTERNAL,
         }
     }
 }
@@ -87,15 +105,14 @@ pub enum StartError {
     Engine(#[from] EngineError),
 }
 
-/// What became of commands posted to `/emulation` ([`Node::emulation`]).
+/// What became of commands posted to `/emulation` ([`Node::emulation`]), whichever node
+/// they were posted to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Emulation {
-    /// Handed to the session, on this node.
+    /// Handed to the session, on the node that holds it.
     Delivered,
-    /// The session is not (or no longer) on this node.
+    /// The node named has no such session (any more).
     SessionGone,
-    /// Sent to the node that holds the session.
-    Forwarded,
     /// No live node has that id (the client reconnects).
     UnknownNode,
 }
@@ -120,6 +137,8 @@ pub struct Node {
     sub_locks: Box<[tokio::sync::Mutex<()>]>,
     /// Other live nodes by uid, with when each last announced itself.
     nodes: Mutex<HashMap<String, (NodeInfo, Instant)>>,
+    /// Surveys this node asked and waits on.
+    surveys: Surveys,
     uid: String,
     started: Instant,
     shutdown: CancellationToken,
@@ -210,6 +229,7 @@ impl Node {
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
                 nodes: Mutex::new(HashMap::new()),
+                surveys: Surveys::default(),
                 uid: uuid::Uuid::new_v4().to_string(),
                 started: Instant::now(),
                 shutdown: CancellationToken::new(),
@@ -315,12 +335,24 @@ impl Node {
                 client.as_deref(),
                 Control::Refresh { expire_at, expired },
             ),
-            ControlCommand::Emulation { session, data } => {
-                // From another node, with no way to wait for room: a session whose inbox
-                // is full (64 pending controls) is closed as slow.
-                if let Some(c) = self.hub.session(&session) {
-                    c.control(Control::Frame(data));
+            ControlCommand::Survey { id, query } => {
+                if message.from == self.uid {
+                    return; // answered in place by `survey`
                 }
+                tokio::spawn(async move {
+                    let answer = self.answer(query).await;
+                    let reply = ControlMessage {
+                        from: self.uid.clone(),
+                        to: Some(message.from),
+                        command: ControlCommand::SurveyReply { id, answer },
+                    };
+                    if let Err(e) = self.engine.control.publish(reply).await {
+                        tracing::warn!(error = %e, "survey reply failed");
+                    }
+                });
+            }
+            ControlCommand::SurveyReply { id, answer } => {
+                self.surveys.answer(id, message.from, answer);
             }
             ControlCommand::Node(info) => {
                 if info.uid == self.uid {
@@ -668,8 +700,10 @@ impl Node {
     }
 
     /// Hands commands posted to `/emulation` to the session they are for: on this node
-    /// directly (waiting for room in its inbox), on another live node through the
-    /// controller.
+    /// directly (waiting for room in its inbox), on another live node through a survey of
+    /// that node, which answers once its session took them (or has no such session). The
+    /// answer does not depend on which node the request reached, and a client's requests
+    /// reach its session in the order they were answered.
     pub async fn emulation(
         &self,
         node: &str,
@@ -677,24 +711,110 @@ impl Node {
         data: Bytes,
     ) -> Result<Emulation, NodeError> {
         if node == self.uid {
-            return Ok(match self.hub.session(session) {
-                Some(c) if c.send_frame(data).await => Emulation::Delivered,
-                _ => Emulation::SessionGone,
-            });
+            return Ok(self.emulate_here(session, data).await);
         }
         if !self.is_live(node) {
             return Ok(Emulation::UnknownNode);
         }
+        let query = SurveyQuery::Emulation {
+            session: session.to_string(),
+            data,
+        };
+        let answers = self.survey(Some(node), query).await?;
+        Ok(match answers.get(node) {
+            Some(SurveyAnswer::Emulation { delivered: true }) => Emulation::Delivered,
+            _ => Emulation::SessionGone,
+        })
+    }
+
+    async fn emulate_here(&self, session: &str, data: Bytes) -> Emulation {
+        match self.hub.session(session) {
+            Some(c) if c.send_frame(data).await => Emulation::Delivered,
+            _ => Emulation::SessionGone,
+        }
+    }
+
+    /// Asks every live node (`to: None`, this one included) or the one node `to` a
+    /// question, and gathers their answers by node uid. Fails with
+    /// [`NodeError::SurveyTimeout`] when a node asked has not answered within
+    /// [`SURVEY_TIMEOUT`] (as Centrifugo's surveys do), or when the question cannot be sent.
+    /// Nodes are the ones the registry holds when the survey starts; a node that started
+    /// since and answers anyway is counted too.
+    pub async fn survey(
+        &self,
+        to: Option<&str>,
+        query: SurveyQuery,
+    ) -> Result<HashMap<String, SurveyAnswer>, NodeError> {
+        let asked: HashSet<String> = match to {
+            Some(uid) => HashSet::from([uid.to_string()]),
+            None => self.live_uids(),
+        };
+        let mut answers = HashMap::with_capacity(asked.len() + 1);
+        if to.is_none() {
+            answers.insert(self.uid.clone(), self.answer(query.clone()).await);
+        }
+        if asked.is_empty() {
+            return Ok(answers);
+        }
+        let mut survey = self.surveys.open(asked.len());
         let message = ControlMessage {
             from: self.uid.clone(),
-            to: Some(node.to_string()),
-            command: ControlCommand::Emulation {
-                session: session.to_string(),
-                data,
+            to: to.map(str::to_string),
+            command: ControlCommand::Survey {
+                id: survey.id,
+                query,
             },
         };
         self.engine.control.publish(message).await?;
-        Ok(Emulation::Forwarded)
+        let deadline = tokio::time::Instant::now() + SURVEY_TIMEOUT;
+        while !asked.iter().all(|uid| answers.contains_key(uid)) {
+            match tokio::time::timeout_at(deadline, survey.answers.recv()).await {
+                Ok(Some((from, answer))) => {
+                    answers.insert(from, answer);
+                }
+                Ok(None) | Err(_) => {
+                    let missing = asked.iter().filter(|u| !answers.contains_key(*u)).count();
+                    tracing::warn!(missing, asked = asked.len(), "survey timed out");
+                    return Err(NodeError::SurveyTimeout {
+                        missing,
+                        asked: asked.len(),
+                    });
+                }
+            }
+        }
+        Ok(answers)
+    }
+
+    /// This node's answer to a survey.
+    async fn answer(&self, query: SurveyQuery) -> SurveyAnswer {
+        match query {
+            SurveyQuery::Channels { pattern } => SurveyAnswer::Channels {
+                channels: self
+                    .local_channels()
+                    .into_iter()
+                    .filter(|(name, n)| {
+                        *n > 0 && (pattern.is_empty() || crate::glob::matches(&pattern, name))
+                    })
+                    .map(|(name, n)| (name, u32::try_from(n).unwrap_or(u32::MAX)))
+                    .collect(),
+            },
+            SurveyQuery::Connections => SurveyAnswer::Connections {
+                clients: self.local_connections(),
+            },
+            SurveyQuery::Emulation { session, data } => SurveyAnswer::Emulation {
+                delivered: self.emulate_here(&session, data).await == Emulation::Delivered,
+            },
+        }
+    }
+
+    /// The uids of the other nodes that announced themselves recently.
+    fn live_uids(&self) -> HashSet<String> {
+        self.nodes
+            .lock()
+            .iter()
+            .filter(|(_, (_, seen))| seen.elapsed() < NODE_TTL)
+            .map(|(uid, _)| uid.clone())
+            .collect()
     }
 
     /// Whether another node with this uid announced itself recently.
@@ -720,12 +840,46 @@ impl Node {
     }
 
     /// Channels with subscribers on this node, with their subscriber counts.
-    pub fn channels(&self) -> Vec<(String, usize)> {
+    pub fn local_channels(&self) -> Vec<(String, usize)> {
         self.hub.channels()
     }
 
+    /// Channels with subscribers on any live node whose names match `pattern` (a glob
+    /// with `*`; empty: all), with their subscribers summed over the nodes (a survey; see
+    /// [`Node::survey`]).
+    pub async fn channels(&self, pattern: &str) -> Result<BTreeMap<String, u32>, NodeError> {
+        let query = SurveyQuery::Channels {
+            pattern: pattern.to_string(),
+        };
+        let mut all = BTreeMap::new();
+        for answer in self.survey(None, query).await?.into_values() {
+            if let SurveyAnswer::Channels { channels } = answer {
+                for (name, n) in channels {
+                    let sum: &mut u32 = all.entry(name).or_default();
+                    *sum = sum.saturating_add(n);
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    /// The connected clients of every live node, as (user, client id) (a survey).
+    pub async fn connections(&self) -> Result<Vec<(String, String)>, NodeError> {
+        let mut all = Vec::new();
+        for answer in self
+            .survey(None, SurveyQuery::Connections)
+            .await?
+            .into_values()
+        {
+            if let SurveyAnswer::Connections { clients } = answer {
+                all.extend(clients);
+            }
+        }
+        Ok(all)
+    }
+
     /// This node's connected clients, as (user, client id).
-    pub fn connections(&self) -> Vec<(String, String)> {
+    pub fn local_connections(&self) -> Vec<(String, String)> {
         self.hub
             .all_clients()
             .iter()

@@ -360,15 +360,18 @@ async fn demo_token(State(web): State<Web>, body: Bytes) -> Response {
     }
 }
 
-/// `GET /demo/rooms`: the demo rooms that have subscribers, with their subscriber counts.
+/// `GET /demo/rooms`: the demo rooms that have subscribers on any node, with their
+/// subscriber counts.
 async fn demo_rooms(State(web): State<Web>) -> Response {
     let prefix = format!(
         "{DEMO_NAMESPACE}{}",
         web.node.config.channel.namespace_boundary
     );
-    let mut rooms: Vec<Value> = web
-        .node
-        .channels()
+    let channels = match web.node.channels(&format!("{prefix}*")).await {
+        Ok(c) => c,
+        Err(e) => return api_error(e.into()),
+    };
+    let mut rooms: Vec<Value> = channels
         .into_iter()
         .filter_map(|(ch, n)| {
             ch.strip_prefix(&prefix)
@@ -531,9 +534,13 @@ async fn info(State(web): State<Web>) -> Response {
     .into_response()
 }
 
-/// `GET /console/api/channels`: channels with subscribers on this node, most subscribed first.
+/// `GET /console/api/channels`: channels with subscribers on any node (subscribers summed
+/// over the nodes), most subscribed first.
 async fn channels(State(web): State<Web>) -> Response {
-    let mut list = web.node.channels();
+    let mut list: Vec<(String, u32)> = match web.node.channels("").await {
+        Ok(c) => c.into_iter().collect(),
+        Err(e) => return api_error(e.into()),
+    };
     list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let total = list.len();
     list.truncate(MAX_LIST_ROWS);
@@ -544,9 +551,12 @@ async fn channels(State(web): State<Web>) -> Response {
     axum::Json(json!({ "channels": rows, "total": total })).into_response()
 }
 
-/// `GET /console/api/connections`: this node's connections (client id and user).
+/// `GET /console/api/connections`: the connections of every node (client id and user).
 async fn connections(State(web): State<Web>) -> Response {
-    let mut list = web.node.connections();
+    let mut list = match web.node.connections().await {
+        Ok(c) => c,
+        Err(e) => return api_error(e.into()),
+    };
     list.sort();
     let total = list.len();
     list.truncate(MAX_LIST_ROWS);

@@ -6,43 +6,17 @@
 //! Each test starts its own redis-server on a free loopback port (no persistence) and its
 //! own Herald processes; clients are real WebSocket clients speaking the JSON protocol.
 
+mod cluster;
 mod common;
 #[macro_use]
 mod support;
 
 use std::time::{Duration, Instant};
 
-use common::Herald;
+use cluster::{api, connected, node, node_with};
 use common::redis_server::{RedisCluster, RedisSentinel, RedisServer};
-use herald::protocol::Encoding;
-use serde_json::{Value, json};
-use support::{Api, Client, cmd, payload_json};
-
-/// A Herald process on `redis`, with the tests' default config.
-fn node(redis: &RedisServer) -> Herald {
-    node_with(redis, json!({}))
-}
-
-fn node_with(redis: &RedisServer, extra: Value) -> Herald {
-    let mut config = common::default_config();
-    support::merge(
-        &mut config,
-        json!({"engine": {"type": "redis", "redis": {"address": redis.url(), "io_timeout": "1s"}}}),
-    );
-    support::merge(&mut config, extra);
-    Herald::start(config)
-}
-
-fn api(h: &Herald) -> Api {
-    Api::new(h.base_url(), h.api_key.clone())
-}
-
-async fn connected(h: &Herald, user: &str) -> Client {
-    let mut c = Client::open_at(h.addr(), Encoding::Json, None).await;
-    c.connect(&support::sign(&h.secret, &json!({"sub": user})))
-        .await;
-    c
-}
+use serde_json::json;
+use support::{Client, cmd, payload_json};
 
 /// The next `n` publications on `channel`: (offset, data "n").
 async fn publications(c: &mut Client, channel: &str, n: usize) -> Vec<(u64, i64)> {

@@ -308,7 +308,7 @@ pub struct HistoryResult {
 /// One channel in `channels`' result.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ChannelInfo {
-    /// Subscribers on this node.
+    /// Subscribers, on every node.
     pub num_clients: u32,
 }
 
@@ -618,17 +618,15 @@ impl Executor {
         Ok(Empty {})
     }
 
-    /// Channels with subscribers on this node whose names match the pattern.
+    /// Channels with subscribers on any node whose names match the pattern, with their
+    /// subscribers summed over the nodes (as Centrifugo, through a survey of every node).
     pub async fn channels(&self, r: ChannelsRequest) -> Outcome<ChannelsResult> {
         let channels = self
             .node
-            .channels()
+            .channels(&r.pattern)
+            .await?
             .into_iter()
-            .filter(|(name, _)| r.pattern.is_empty() || crate::glob::matches(&r.pattern, name))
-            .map(|(name, n)| {
-                let num_clients = u32::try_from(n).unwrap_or(u32::MAX);
-                (name, ChannelInfo { num_clients })
-            })
+            .map(|(name, num_clients)| (name, ChannelInfo { num_clients }))
             .collect();
         Ok(ChannelsResult { channels })
     }

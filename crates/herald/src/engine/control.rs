@@ -4,15 +4,27 @@
 //! into a [`ControlMessage`] and the [`Controller`] carries it to every node (or to one),
 //! where the node's [`ControlHandler`] applies it to its own sessions.
 //!
+//! Some calls need answers from the nodes, not just delivery: `channels` sums every node's
+//! subscriber counts, and an emulation frame forwarded to the node that holds its session
+//! must say whether that session took it. A node asks with a [`ControlCommand::Survey`]
+//! (to every node, or to one) and each node asked answers with a
+//! [`ControlCommand::SurveyReply`] addressed to the asker; [`Surveys`] matches the answers
+//! to the waiting caller. Surveys ride on [`Controller::publish`] like every other message,
+//! so every controller supports them with no code of its own.
+//!
 //! Messages are plain data (serde), so a networked controller can carry them as bytes
 //! ([`ControlMessage::encode`], [`ControlMessage::decode`]); the memory controller hands
 //! them to this node's handler as they are.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 use super::EngineError;
 
@@ -86,7 +98,40 @@ pub enum ControlCommand {
         /// Expire now.
         expired: bool,
     },
-    /// Commands for an emulation session (`POST /emulation` that reached another node).
+    /// A question for every node (`to: None`) or for one; each node asked answers with a
+    /// [`ControlCommand::SurveyReply`] carrying the same `id`, addressed to the asker.
+    Survey {
+        /// Chosen by the asker; unique among its open surveys.
+        id: u64,
+        /// The question.
+        query: SurveyQuery,
+    },
+    /// One node's answer to a [`ControlCommand::Survey`] (the answering node is the
+    /// message's `from`).
+    SurveyReply {
+        /// The survey's id.
+        id: u64,
+        /// The answer.
+        answer: SurveyAnswer,
+    },
+    /// A node's announcement of itself (sent periodically; see `Node::start`).
+    Node(NodeInfo),
+}
+
+/// What a [`ControlCommand::Survey`] asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum SurveyQuery {
+    /// The node's channels with subscribers whose names match `pattern` (a glob with `*`;
+    /// empty: every channel), with their subscriber counts (server API `channels`).
+    Channels {
+        /// Glob; empty: all.
+        pattern: String,
+    },
+    /// The node's connected clients (the console's connection list).
+    Connections,
+    /// Commands for an emulation session on the node asked (`POST /emulation` that
+    /// reached another node).
     Emulation {
         /// The session id from the connect result.
         session: String,
@@ -94,8 +139,27 @@ pub enum ControlCommand {
         #[serde(with = "base64_bytes")]
         data: Bytes,
     },
-    /// A node's announcement of itself (sent periodically; see `Node::start`).
-    Node(NodeInfo),
+}
+
+/// A node's answer to a [`SurveyQuery`], of the same kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum SurveyAnswer {
+    /// Channel name to subscribers on the answering node.
+    Channels {
+        /// The matching channels.
+        channels: BTreeMap<String, u32>,
+    },
+    /// The answering node's clients as (user, client id).
+    Connections {
+        /// The clients.
+        clients: Vec<(String, String)>,
+    },
+    /// Whether the session was on the answering node and took the commands.
+    Emulation {
+        /// The session took them.
+        delivered: bool,
+    },
 }
 
 /// A [`ControlCommand`] with its routing.
@@ -186,6 +250,54 @@ impl Controller for MemoryController {
     }
 }
 
+/// The surveys a node is waiting on: answers arriving through the controller are handed,
+/// by survey id, to the caller that opened the survey.
+#[derive(Default)]
+pub struct Surveys {
+    next_id: AtomicU64,
+    /// Open surveys: id to where their answers go (bounded; see [`Surveys::open`]).
+    open: Mutex<HashMap<u64, mpsc::Sender<(String, SurveyAnswer)>>>,
+}
+
+/// An open survey: its id, and its answers as (node uid, answer). Closed when dropped;
+/// answers arriving later are dropped.
+pub struct OpenSurvey<'a> {
+    surveys: &'a Surveys,
+    /// The id to send in the [`ControlCommand::Survey`].
+    pub id: u64,
+    /// The answers, in arrival order.
+    pub answers: mpsc::Receiver<(String, SurveyAnswer)>,
+}
+
+impl Surveys {
+    /// Opens a survey that expects about `expected` answers. Room is kept for a few more
+    /// (a node that started after the asker made its list also answers); answers beyond
+    /// that are dropped, as they would be after the survey ended.
+    pub fn open(&self, expected: usize) -> OpenSurvey<'_> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, answers) = mpsc::channel(expected + 8);
+        self.open.lock().insert(id, tx);
+        OpenSurvey {
+            surveys: self,
+            id,
+            answers,
+        }
+    }
+
+    /// Hands `from`'s answer to survey `id`, if it is still open.
+    pub fn answer(&self, id: u64, from: String, answer: SurveyAnswer) {
+        if let Some(tx) = self.open.lock().get(&id) {
+            let _ = tx.try_send((from, answer));
+        }
+    }
+}
+
+impl Drop for OpenSurvey<'_> {
+    fn drop(&mut self) {
+        self.surveys.open.lock().remove(&self.id);
+    }
+}
+
 /// `Bytes` as a standard base64 string.
 mod base64_bytes {
     use base64::Engine;
@@ -215,9 +327,22 @@ mod tests {
             ControlMessage {
                 from: "a".into(),
                 to: Some("b".into()),
-                command: ControlCommand::Emulation {
-                    session: "s".into(),
-                    data: Bytes::from_static(b"{\"id\":1}\n\x00\xff"),
+                command: ControlCommand::Survey {
+                    id: 7,
+                    query: SurveyQuery::Emulation {
+                        session: "s".into(),
+                        data: Bytes::from_static(b"{\"id\":1}\n\x00\xff"),
+                    },
+                },
+            },
+            ControlMessage {
+                from: "b".into(),
+                to: Some("a".into()),
+                command: ControlCommand::SurveyReply {
+                    id: 7,
+                    answer: SurveyAnswer::Channels {
+                        channels: [("chat:a".to_string(), 3)].into(),
+                    },
                 },
             },
             ControlMessage {
@@ -246,5 +371,23 @@ mod tests {
             assert_eq!(ControlMessage::decode(&bytes).unwrap(), m);
         }
         assert!(ControlMessage::decode(b"{\"from\":1}").is_err());
+    }
+
+    #[tokio::test]
+    async fn answers_reach_only_their_open_survey() {
+        let surveys = Surveys::default();
+        let mut first = surveys.open(1);
+        let second = surveys.open(1);
+        assert_ne!(first.id, second.id);
+        let closed = second.id;
+        drop(second);
+        let answer = SurveyAnswer::Emulation { delivered: true };
+        surveys.answer(closed, "x".into(), answer.clone());
+        surveys.answer(first.id, "n1".into(), answer.clone());
+        assert_eq!(first.answers.recv().await, Some(("n1".into(), answer)));
+        assert!(
+            surveys.open.lock().len() == 1,
+            "the dropped survey is closed"
+        );
     }
 }

@@ -2,10 +2,11 @@
 //! that streams on another request. The body is `{session, node, data}` (JSON, `data` the
 //! JSON lines as a string) or an EmulationRequest (Protobuf, `data` length-prefixed
 //! commands). The node hands the commands to the session, on this node or, through the
-//! engine's controller, on the node that holds it (so emulation needs no sticky sessions):
-//! 200 when they were handed over (or sent to that node), 204 when the session is not on
-//! this node any more, 404 when no live node has that id (the client then reconnects),
-//! 503 when the controller could not send them.
+//! engine's controller, on the node that holds it (so emulation needs no sticky sessions).
+//! The answer is the same whichever node the request reached: 200 when the session took
+//! the commands, 204 when the node named has no such session (any more; Centrifugo answers
+//! 204 too), 404 when no live node has that id (the client then reconnects), 503 when the
+//! commands could not be sent to that node or it did not answer in time.
 
 use std::sync::Arc;
 
@@ -55,7 +56,7 @@ pub async fn handler(State(node): State<Arc<Node>>, headers: HeaderMap, body: By
         (r.session, r.node, data)
     };
     match node.emulation(&target, &session, data).await {
-        Ok(Emulation::Delivered | Emulation::Forwarded) => StatusCode::OK.into_response(),
+        Ok(Emulation::Delivered) => StatusCode::OK.into_response(),
         Ok(Emulation::SessionGone) => StatusCode::NO_CONTENT.into_response(),
         Ok(Emulation::UnknownNode) => (StatusCode::NOT_FOUND, "unknown node").into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),

@@ -1449,6 +1449,15 @@ impl Conn {
         &self.events.label
     }
 
+    /// Sends this emulation client's later commands (`POST /emulation`) through `http`
+    /// (another node of a cluster, say) instead of the server it streams from.
+    pub fn emulate_via(&mut self, via: Http) {
+        match &mut self.commander {
+            Commander::Emulation { http, .. } => *http = via,
+            _ => panic!("[{}] not an emulation client", self.events.label),
+        }
+    }
+
     /// Sends a command (a JSON Command without id; one is assigned); returns the id.
     pub async fn send(&mut self, mut cmd: Value) -> u32 {
         self.next_id += 1;
