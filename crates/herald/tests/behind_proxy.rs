@@ -5,9 +5,10 @@
 //! bidirectional and the unidirectional gRPC streams (HTTP/2 over TLS), and gRPC-Web (curl, HTTP/1.1 and
 //! HTTP/2). Every client must receive every publication the API acknowledged, exactly once, in order, whichever
 //! node it landed on. Then: idle connections outlive the proxy's default timeout because Herald's pings cross
-//! it, and a rolling restart of the three nodes behind the proxy loses nothing.
+//! it, a rolling restart of the three nodes behind the proxy loses nothing, and headless Chromium (its own
+//! EventSource resuming with Last-Event-ID, the centrifuge SDK over WebSocket and SSE) passes through it.
 //!
-//! Needs nginx, haproxy, caddy, redis-server and curl (.ci/run installs them), Node 20+ and
+//! Needs nginx, haproxy, caddy, redis-server, curl and chromium (.ci/run installs them), Node 20+ and
 //! `npm ci --prefix tests/js`.
 
 mod common;
@@ -533,6 +534,11 @@ fn rolling_restart_behind_haproxy_loses_nothing() {
     rolling_restart_through(ProxyKind::Haproxy);
 }
 
+#[test]
+fn rolling_restart_behind_caddy_loses_nothing() {
+    rolling_restart_through(ProxyKind::Caddy);
+}
+
 /// WebSocket over HTTP/2 (RFC 8441) end to end through HAProxy: the client opens one TLS connection with ALPN
 /// h2, sends an extended CONNECT (`:protocol websocket`) for /connection/websocket, and speaks the client
 /// protocol on that stream; HAProxy carries it to a node as an extended CONNECT over h2c (the recipe's
@@ -625,4 +631,81 @@ async fn websocket_over_http2_through_haproxy() {
             api.publish(channel, json!({"via": "node 3"})).await;
         }
     }
+}
+
+/// A real browser through the proxy: headless Chromium runs tests/browser/browser_e2e.cjs against the proxy's
+/// HTTPS address (three nodes behind it). Its own `EventSource` on uni_sse gets the API's publications, and
+/// after a server-forced disconnect it reconnects through the proxy, to whichever node the proxy picks, with
+/// `Last-Event-ID` and gets exactly what it missed; the centrifuge SDK in the page does the same over
+/// WebSocket and over SSE emulation (whose `/emulation` POSTs land on other nodes than the stream).
+fn chromium_through(kind: ProxyKind) {
+    let root = common::repo_root();
+    for package in ["centrifuge", "playwright-core"] {
+        assert!(
+            root.join("tests/js/node_modules").join(package).is_dir(),
+            "run `npm ci --prefix tests/js` first ({package} is missing)"
+        );
+    }
+    let chromium = std::env::var_os("HERALD_TEST_CHROMIUM")
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into());
+    assert!(
+        chromium.is_file(),
+        "needs Chromium at {} (`apt-get install -y chromium`, .ci/run does; or HERALD_TEST_CHROMIUM)",
+        chromium.display()
+    );
+    let redis = RedisServer::start();
+    let nodes = three_nodes(&redis, json!({}));
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let tls = TlsFiles::generate();
+    let proxy = Proxy::start(kind, &ports, &tls.cert_file, &tls.key_file);
+    let secret = &nodes[0].secret;
+    let uni_channel = "chat:room";
+    let token = |user: &str, claims: Value| {
+        let mut c = json!({"sub": user});
+        support::merge(&mut c, claims);
+        support::sign(secret, &c)
+    };
+    let out_dir = root
+        .join("target/test-output/browser-behind")
+        .join(kind.name());
+    let mut cmd = std::process::Command::new("node");
+    cmd.current_dir(&root)
+        .env("NODE_EXTRA_CA_CERTS", &proxy.ca_file)
+        .arg(root.join("tests/browser/browser_e2e.cjs"))
+        .args(["--base", &proxy.base_url(), "--api-key", &nodes[0].api_key])
+        .args([
+            "--uni-token",
+            &token("browser-uni", json!({"channels": [uni_channel]})),
+        ])
+        .args(["--uni-user", "browser-uni", "--uni-channel", uni_channel])
+        .args(["--ws-token", &token("browser-ws", json!({}))])
+        .args(["--ws-user", "browser-ws"])
+        .args(["--sse-token", &token("browser-sse", json!({}))])
+        .args(["--sse-user", "browser-sse"])
+        .arg("--out-dir")
+        .arg(&out_dir)
+        .arg("--chromium")
+        .arg(&chromium);
+    let out = common::run_with_timeout(cmd, Duration::from_secs(150));
+    out.assert_all_checks_passed(&format!(
+        "node tests/browser/browser_e2e.cjs through {}",
+        kind.name()
+    ));
+}
+
+#[test]
+fn chromium_through_nginx() {
+    chromium_through(ProxyKind::Nginx);
+}
+
+#[test]
+fn chromium_through_haproxy() {
+    chromium_through(ProxyKind::Haproxy);
+}
+
+#[test]
+fn chromium_through_caddy() {
+    chromium_through(ProxyKind::Caddy);
 }

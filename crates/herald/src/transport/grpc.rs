@@ -170,7 +170,18 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let svc = tower::Layer::layer(&tonic_web::GrpcWebLayer::new(), svc);
+    let svc = tower::ServiceBuilder::new()
+        .map_response(|mut resp: http::Response<tonic::body::Body>| {
+            // A proxy that buffers responses (nginx's default) would hold a gRPC-Web stream, which travels as
+            // plain HTTP, until its buffer fills: say no, as every other streaming response does.
+            resp.headers_mut().insert(
+                http::HeaderName::from_static("x-accel-buffering"),
+                http::HeaderValue::from_static("no"),
+            );
+            resp
+        })
+        .layer(tonic_web::GrpcWebLayer::new())
+        .service(svc);
     router.route_service(&format!("/{}/{{*method}}", S::NAME), svc)
 }
 
