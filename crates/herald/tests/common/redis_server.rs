@@ -251,23 +251,7 @@ impl RedisCluster {
             .to_vec();
             let tls_port = tls.map(|ca| {
                 let port = super::free_port();
-                args.extend(
-                    [
-                        "--tls-port",
-                        &port.to_string(),
-                        "--tls-cert-file",
-                        &ca.path("server.pem"),
-                        "--tls-key-file",
-                        &ca.path("server.key"),
-                        "--tls-ca-cert-file",
-                        &ca.path("ca.pem"),
-                        "--tls-auth-clients",
-                        "no",
-                        "--tls-cluster",
-                        "yes",
-                    ]
-                    .map(String::from),
-                );
+                args.extend(tls_args(ca, port, "--tls-cluster"));
                 port
             });
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -366,8 +350,9 @@ pub struct RedisSentinel {
 }
 
 /// `redis-server` arguments for a TLS port serving `ca`'s server certificate, no client
-/// certificates asked, and TLS for replication links (a replica's, a Sentinel's).
-fn tls_args(ca: &TestCa, port: u16) -> Vec<String> {
+/// certificates asked, and TLS on the links that `links` names (`--tls-replication` for a
+/// replica's and a Sentinel's, `--tls-cluster` for the cluster bus).
+fn tls_args(ca: &TestCa, port: u16, links: &str) -> Vec<String> {
     [
         "--tls-port",
         &port.to_string(),
@@ -379,7 +364,7 @@ fn tls_args(ca: &TestCa, port: u16) -> Vec<String> {
         &ca.path("ca.pem"),
         "--tls-auth-clients",
         "no",
-        "--tls-replication",
+        links,
         "yes",
     ]
     .map(String::from)
@@ -404,7 +389,7 @@ impl RedisSentinel {
         let with_tls = |mut args: Vec<String>| {
             let port = tls.map(|ca| {
                 let port = super::free_port();
-                args.extend(tls_args(ca, port));
+                args.extend(tls_args(ca, port, "--tls-replication"));
                 port
             });
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -443,7 +428,7 @@ impl RedisSentinel {
         let conf = dir.join("sentinel.conf");
         let tls_port = tls.map(|_| super::free_port());
         let tls_conf = match (tls, tls_port) {
-            (Some(ca), Some(p)) => tls_args(ca, p)
+            (Some(ca), Some(p)) => tls_args(ca, p, "--tls-replication")
                 .chunks(2)
                 .map(|kv| format!("{} {}\n", kv[0].trim_start_matches("--"), kv[1]))
                 .collect(),
