@@ -414,19 +414,21 @@ fn idle_through(kind: ProxyKind) {
     assert!(!acked.is_empty());
 }
 
+/// The three proxies side by side, so that the suite waits out the idle minute once.
 #[test]
-fn idle_clients_outlive_nginx_default_timeout() {
-    idle_through(ProxyKind::Nginx);
-}
-
-#[test]
-fn idle_clients_outlive_haproxy_default_timeout() {
-    idle_through(ProxyKind::Haproxy);
-}
-
-#[test]
-fn idle_clients_stay_open_through_caddy() {
-    idle_through(ProxyKind::Caddy);
+fn idle_clients_outlive_each_proxy_default_timeout() {
+    std::thread::scope(|s| {
+        let runs: Vec<_> = [ProxyKind::Nginx, ProxyKind::Haproxy, ProxyKind::Caddy]
+            .into_iter()
+            .map(|kind| (kind, s.spawn(move || idle_through(kind))))
+            .collect();
+        for (kind, run) in runs {
+            if let Err(e) = run.join() {
+                eprintln!("idle clients through {} failed", kind.name());
+                std::panic::resume_unwind(e);
+            }
+        }
+    });
 }
 
 /// Clients of the rolling-restart test: per SDK transport (websocket, http_stream, sse) and per curl transport

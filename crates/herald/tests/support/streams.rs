@@ -2110,11 +2110,14 @@ pub fn uni_connect_proto(req: &UniConnect) -> proto::ConnectRequest {
 
 /// A tonic channel to the server over one connection made by `http` (h2c, or TLS with
 /// ALPN `h2` through the test's rustls config: the connector hands tonic the TLS stream,
-/// so tonic's own TLS support is not needed).
+/// so tonic's own TLS support is not needed). The endpoint's URI says `http` whatever
+/// `http` does: with its TLS feature on, tonic refuses an `https` URI that has no TLS
+/// config of its own, and the connector ignores the URI anyway.
 pub async fn grpc_channel(http: &Http) -> tonic::transport::Channel {
     assert_eq!(http.version, HttpVersion::H2, "gRPC needs HTTP/2");
-    let endpoint = tonic::transport::Endpoint::from_shared(http.url(""))
-        .unwrap_or_else(|e| panic!("gRPC endpoint {}: {e}", http.url("")));
+    let uri = http.url("").replacen("https://", "http://", 1);
+    let endpoint = tonic::transport::Endpoint::from_shared(uri.clone())
+        .unwrap_or_else(|e| panic!("gRPC endpoint {uri}: {e}"));
     let http = http.clone();
     let connector = tower::service_fn(move |_: http::Uri| {
         let http = http.clone();
