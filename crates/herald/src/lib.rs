@@ -9,7 +9,8 @@
 //! - [`session`]: one connection's state machine.
 //! - [`node`]: the composition root and server-side operations.
 //! - [`hub`] (local fan-out) and [`engine`] (broker and presence behind traits).
-//! - [`protocol`] (wire types and codecs) and [`auth`] (tokens to credentials).
+//! - [`protocol`] (wire types and codecs), [`auth`] (tokens to credentials) and [`proxy`]
+//!   (calls to the application's backend).
 //! - [`config`], [`metrics`], [`error`], [`glob`] (the one pattern matcher).
 //!
 //! Invariants: a publication is encoded once per encoding and shared as `Bytes`; every
@@ -28,6 +29,7 @@ pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod protocol;
+pub mod proxy;
 pub mod request_body;
 pub mod server;
 pub mod session;

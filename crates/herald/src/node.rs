@@ -127,6 +127,8 @@ pub struct Node {
     pub verifier: TokenVerifier,
     /// Verifies subscription tokens.
     pub sub_verifier: TokenVerifier,
+    /// Calls to the application's backend (proxy hooks).
+    pub proxies: crate::proxy::Proxies,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Broker and presence; started by [`Node::start`], closed by [`Node::close`].
@@ -219,6 +221,7 @@ impl Node {
                 .control
                 .register_handler(Arc::new(ControlReceiver { node: node.clone() }));
             Node {
+                proxies: crate::proxy::Proxies::new(&config),
                 config: Arc::new(config),
                 hub,
                 verifier,

@@ -14,6 +14,7 @@ use crate::error::{ClientError, Disconnect};
 use crate::hub::{PositionTag, Tags};
 use crate::protocol::proto;
 use crate::protocol::proto::Reply;
+use crate::proxy::{ConnectCall, ConnectGrant, ConnectOutcome};
 
 impl Session {
     /// Connects a unidirectional client from its connect request. Failures that a
@@ -49,6 +50,7 @@ impl Session {
         }
         let cfg = self.node.config.clone();
         let mut channels = Vec::new();
+        let mut connect_data = Bytes::new();
         if !req.token.is_empty() {
             match self.node.verifier.verify_connect(&req.token) {
                 Ok(claims) => {
@@ -68,6 +70,13 @@ impl Session {
                     return Err(Failure::Close(Disconnect::INVALID_TOKEN));
                 }
             }
+        } else if self.node.proxies.connect_enabled() {
+            let grant = self.ask_connect_proxy(&req).await?;
+            self.user = grant.user;
+            self.set_expiry(grant.expire_at);
+            self.conn_info = grant.info;
+            connect_data = grant.data;
+            channels = grant.channels;
         } else if !(cfg.client.insecure || cfg.client.allow_anonymous_connect_without_token) {
             return Err(ClientError::UNAUTHORIZED.into());
         }
@@ -163,6 +172,7 @@ impl Session {
                 pong: !self.transport.unidirectional,
                 node: self.node.uid().to_string(),
                 session: self.session_id.clone(),
+                data: connect_data,
                 ..Default::default()
             }),
             ..Default::default()
@@ -222,6 +232,38 @@ impl Session {
             Ok(_) => Err(Failure::Close(Disconnect::INVALID_TOKEN)),
             Err(TokenError::Expired) => Err(ClientError::TOKEN_EXPIRED.into()),
             Err(TokenError::Invalid(_)) => Err(Failure::Close(Disconnect::INVALID_TOKEN)),
+        }
+    }
+
+    /// Asks the backend's connect proxy who this client is (a connect without a token). A
+    /// backend that refuses gives its error or disconnect; one that fails or is too slow
+    /// gives the temporary internal error (100), so SDKs retry with backoff.
+    async fn ask_connect_proxy(
+        &mut self,
+        req: &proto::ConnectRequest,
+    ) -> Result<ConnectGrant, Failure> {
+        let call = ConnectCall {
+            client: &self.handle.client,
+            transport: self.transport.name,
+            encoding: self.transport.encoding,
+            name: &req.name,
+            version: &req.version,
+            data: &req.data,
+            emulated: &req.headers,
+            headers: &self.request_headers,
+        };
+        let started = std::time::Instant::now();
+        let answer = self.node.proxies.connect(call).await;
+        tracing::debug!(client = %self.handle.client, elapsed_ms = started.elapsed().as_millis() as u64, "connect proxy answered");
+        match answer {
+            Some(Ok(ConnectOutcome::Accept(grant))) => Ok(grant),
+            Some(Ok(ConnectOutcome::Refuse(e))) => Err(e.into()),
+            Some(Ok(ConnectOutcome::Disconnect(d))) => Err(Failure::Close(d)),
+            Some(Err(e)) => {
+                tracing::warn!(client = %self.handle.client, error = %e, "connect proxy failed");
+                Err(ClientError::INTERNAL.into())
+            }
+            None => Err(ClientError::UNAUTHORIZED.into()),
         }
     }
 }

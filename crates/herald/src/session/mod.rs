@@ -118,6 +118,9 @@ pub struct Session {
     /// (`client.channel_position_check_delay`); `None` when checks are off.
     next_position_check: Option<Instant>,
     pong_deadline: Option<Instant>,
+    /// The client's HTTP request headers that some proxy hook forwards (nothing unless
+    /// one is configured); see [`Session::keep_request_headers`].
+    request_headers: http::HeaderMap,
 }
 
 impl Session {
@@ -150,6 +153,19 @@ impl Session {
             next_presence: None,
             next_position_check: None,
             pong_deadline: None,
+            request_headers: http::HeaderMap::new(),
+        }
+    }
+
+    /// Keeps those of the client's HTTP request headers that a proxy hook forwards to the
+    /// backend (`http_headers` of the proxy's config); the rest are not kept.
+    pub fn keep_request_headers(&mut self, headers: &http::HeaderMap) {
+        for name in self.node.proxies.forwarded_headers() {
+            for value in headers.get_all(name) {
+                if let Ok(n) = http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                    self.request_headers.append(n, value.clone());
+                }
+            }
         }
     }
 

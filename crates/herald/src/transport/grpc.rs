@@ -224,6 +224,7 @@ impl CentrifugoUniStream for UniStream {
         let handle = start_session(
             self.node.clone(),
             info,
+            &http::HeaderMap::new(),
             Initial::Connect(req, Default::default()),
         )
         .await;

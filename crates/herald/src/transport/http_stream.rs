@@ -34,7 +34,7 @@ pub async fn handler(State(node): State<Arc<Node>>, headers: HeaderMap, body: By
         emulation: true,
         positions_in_stream: false,
     };
-    let handle = start_session(node.clone(), info, Initial::Frame(body)).await;
+    let handle = start_session(node.clone(), info, &headers, Initial::Frame(body)).await;
     let (content_type, framing) = if protobuf {
         ("application/octet-stream", Framing::Delimited)
     } else {

@@ -122,9 +122,11 @@ pub enum Initial {
 pub async fn start_session(
     node: Arc<Node>,
     info: TransportInfo,
+    headers: &http::HeaderMap,
     initial: Initial,
 ) -> Arc<ClientHandle> {
     let mut session = Session::new(node, info);
+    session.keep_request_headers(headers);
     let handle = session.handle();
     let result = match initial {
         Initial::Frame(frame) => session.handle_frame(&frame).await,

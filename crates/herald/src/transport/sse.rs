@@ -50,7 +50,7 @@ pub async fn handler(
         emulation: true,
         positions_in_stream: false,
     };
-    let handle = start_session(node.clone(), info, Initial::Frame(initial)).await;
+    let handle = start_session(node.clone(), info, &headers, Initial::Frame(initial)).await;
     (
         streaming_headers("text/event-stream"),
         queue_body(&node, handle, Framing::SseData, NAME),

@@ -47,6 +47,7 @@ pub async fn handler(State(node): State<Arc<Node>>, headers: HeaderMap, body: By
     let handle = start_session(
         node.clone(),
         info,
+        &headers,
         Initial::Connect(Box::new(req), Default::default()),
     )
     .await;

@@ -65,7 +65,13 @@ pub async fn handler(
         emulation: false,
         positions_in_stream: true,
     };
-    let handle = start_session(node.clone(), info, Initial::Connect(Box::new(req), resume)).await;
+    let handle = start_session(
+        node.clone(),
+        info,
+        &headers,
+        Initial::Connect(Box::new(req), resume),
+    )
+    .await;
     (
         streaming_headers("text/event-stream"),
         queue_body(&node, handle, Framing::SseWithIds, NAME),

@@ -36,9 +36,10 @@ pub async fn handler(State(node): State<Arc<Node>>, mut req: Request) -> Respons
         Encoding::Json
     };
     let upgrade = accepted.upgrade;
+    let headers = std::mem::take(req.headers_mut());
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(upgraded) => serve(node, TokioIo::new(upgraded), encoding).await,
+            Ok(upgraded) => serve(node, TokioIo::new(upgraded), encoding, &headers).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
     });
@@ -46,12 +47,13 @@ pub async fn handler(State(node): State<Arc<Node>>, mut req: Request) -> Respons
 }
 
 /// Runs one WebSocket connection to the end.
-pub async fn serve<S>(node: Arc<Node>, io: S, encoding: Encoding)
+/// `headers` are the upgrade request's: the session keeps those a proxy hook forwards.
+pub async fn serve<S>(node: Arc<Node>, io: S, encoding: Encoding, headers: &http::HeaderMap)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sink, stream) = ws_common::server_stream(&node, io).split();
-    let session = Session::new(
+    let mut session = Session::new(
         node.clone(),
         TransportInfo {
             name: NAME,
@@ -61,6 +63,7 @@ where
             positions_in_stream: false,
         },
     );
+    session.keep_request_headers(headers);
     let writer = tokio::spawn(ws_common::write_loop(
         node.clone(),
         session.handle(),

@@ -474,6 +474,16 @@ impl Client {
 
     /// Like [`Client::open`], to any server on `addr` (a Herald process, for example).
     pub async fn open_at(addr: SocketAddr, enc: Encoding, recv_buffer: Option<u32>) -> Client {
+        Self::open_at_with_headers(addr, enc, recv_buffer, &[]).await
+    }
+
+    /// Like [`Client::open_at`], with extra headers on the upgrade request (a cookie, say).
+    pub async fn open_at_with_headers(
+        addr: SocketAddr,
+        enc: Encoding,
+        recv_buffer: Option<u32>,
+        headers: &[(&'static str, &str)],
+    ) -> Client {
         let socket = TcpSocket::new_v4().expect("socket");
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
@@ -486,6 +496,14 @@ impl Client {
             .parse()
             .expect("ws url");
         let mut builder = ClientBuilder::from_uri(uri);
+        for (name, value) in headers {
+            builder = builder
+                .add_header(
+                    http::HeaderName::from_static(name),
+                    http::HeaderValue::from_str(value).expect("header value"),
+                )
+                .expect("extra header");
+        }
         if enc == Encoding::Protobuf {
             builder = builder
                 .add_header(

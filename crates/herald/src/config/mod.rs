@@ -47,6 +47,10 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
+mod proxy;
+
+pub use proxy::{ClientProxyConfig, ProxyEndpointConfig, ProxyHttpConfig};
+
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "HERALD_";
 
@@ -1124,6 +1128,8 @@ pub struct ClientConfig {
     /// deeper command is refused as malformed. Protects subscribers' JSON parsers (Python's
     /// stops near 1000). Herald only (Centrifugo: 10000, Go's limit). Default `512`.
     pub max_json_depth: usize,
+    /// `client.proxy`: events proxied to the application's backend.
+    pub proxy: ClientProxyConfig,
 }
 
 impl Default for ClientConfig {
@@ -1145,6 +1151,7 @@ impl Default for ClientConfig {
             channel_position_check_delay: Duration::from_secs(40),
             presence_update_interval: Duration::from_secs(27),
             max_json_depth: 512,
+            proxy: ClientProxyConfig::default(),
         }
     }
 }
@@ -1775,6 +1782,11 @@ impl Config {
     /// Checks the values that deserialization cannot: cross-field rules,
     /// ranges, names. The error names the key at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.client
+            .proxy
+            .connect
+            .validate()
+            .map_err(|e| ConfigError::invalid("client.proxy.connect.endpoint", e))?;
         if !LOG_LEVELS.contains(&self.log.level.as_str()) {
             return Err(ConfigError::invalid(
                 "log.level",
