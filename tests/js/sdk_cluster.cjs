@@ -103,7 +103,9 @@ async function main() {
   bob.connect();
   const sa = sub(alice, { recoverable: true, positioned: true, joinLeave: true });
   const sb = sub(bob);
+  // Alice first: bob's join is published when bob subscribes, and reaches only subscribers already there.
   sa.subscribe();
+  await waitFor(() => sa.seen.subscribed.length === 1, 5000);
   sb.subscribe();
   const up = await waitFor(() => sa.seen.subscribed.length === 1 && sb.seen.subscribed.length === 1, 5000);
   if (!check('alice on node A and bob on node B subscribe', up, { a: alice.state, b: bob.state })) return;
