@@ -1011,8 +1011,9 @@ fn redact_url(s: &str) -> String {
     }
 }
 
-/// Decodes `%XX` escapes (URL user info); `None` for a malformed escape or non-UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+/// Decodes `%XX` escapes (URL user info, SSE ids); `None` for a malformed escape or
+/// non-UTF-8. The one copy in the crate.
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

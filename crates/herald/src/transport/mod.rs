@@ -335,23 +335,6 @@ pub fn sse_id<'a>(positions: impl Iterator<Item = (&'a str, u64, &'a str)>) -> S
     out
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 /// Parses an SSE event id made by [`sse_id`]; malformed entries are skipped.
 pub fn parse_sse_id(id: &str) -> HashMap<String, StreamPosition> {
     let mut out = HashMap::new();
@@ -361,7 +344,10 @@ pub fn parse_sse_id(id: &str) -> HashMap<String, StreamPosition> {
         else {
             continue;
         };
-        let (Ok(offset), Some(channel)) = (offset.parse::<u64>(), percent_decode(channel)) else {
+        let (Ok(offset), Some(channel)) = (
+            offset.parse::<u64>(),
+            crate::config::percent_decode(channel),
+        ) else {
             continue;
         };
         out.insert(
