@@ -3,8 +3,8 @@
 //! answered with `{"result": ...}`, `{"error": {code, message}}` or
 //! `{"disconnect": {code, reason}}`.
 //!
-//! Every call is bounded: by the endpoint's `timeout`, and by [`MAX_IN_FLIGHT`] calls per
-//! node, beyond which a call waits (within its timeout) for a free slot. A backend that
+//! Every call is bounded: by the endpoint's `timeout`, and by `client.proxy.max_in_flight`
+//! calls per node, beyond which a call waits (within its timeout) for a free slot. A backend that
 //! fails, answers garbage or is too slow gives the caller a [`ProxyError`], which the
 //! session turns into the temporary internal error (100), never a hang.
 //!
@@ -25,9 +25,6 @@ use tokio::sync::Semaphore;
 use crate::config::{Config, ProxyEndpointConfig};
 use crate::error::{ClientError, Disconnect};
 use crate::protocol::Encoding;
-
-/// Most proxy calls one node makes at once; more wait for a slot within their timeout.
-pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// Why a proxy call gave no answer the client can be told.
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +158,9 @@ impl Proxies {
     pub fn new(config: &Config) -> Proxies {
         let connect = &config.client.proxy.connect;
         Proxies {
-            connect: connect.enabled.then(|| HttpProxy::new(connect.clone())),
+            connect: connect
+                .enabled
+                .then(|| HttpProxy::new(connect.clone(), config.client.proxy.max_in_flight)),
         }
     }
 
@@ -220,7 +219,7 @@ enum Answer<R> {
 }
 
 impl HttpProxy {
-    fn new(config: ProxyEndpointConfig) -> HttpProxy {
+    fn new(config: ProxyEndpointConfig, max_in_flight: usize) -> HttpProxy {
         let builder = reqwest::Client::builder().timeout(config.timeout);
         let client = builder.build().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "proxy client with default settings");
@@ -229,7 +228,7 @@ impl HttpProxy {
         HttpProxy {
             client,
             config,
-            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            slots: Arc::new(Semaphore::new(max_in_flight)),
         }
     }
 
@@ -379,16 +378,19 @@ mod tests {
 
     #[test]
     fn forwarded_headers_follow_the_lists_and_request_values_win() {
-        let proxy = HttpProxy::new(ProxyEndpointConfig {
-            enabled: true,
-            endpoint: "http://127.0.0.1:1/connect".into(),
-            http_headers: vec!["Cookie".into(), "X-Real-Ip".into()],
-            emulated_headers: vec!["Authorization".into(), "Cookie".into()],
-            http: crate::config::ProxyHttpConfig {
-                static_headers: [("X-Static".to_string(), "s".to_string())].into(),
+        let proxy = HttpProxy::new(
+            ProxyEndpointConfig {
+                enabled: true,
+                endpoint: "http://127.0.0.1:1/connect".into(),
+                http_headers: vec!["Cookie".into(), "X-Real-Ip".into()],
+                emulated_headers: vec!["Authorization".into(), "Cookie".into()],
+                http: crate::config::ProxyHttpConfig {
+                    static_headers: [("X-Static".to_string(), "s".to_string())].into(),
+                },
+                ..Default::default()
             },
-            ..Default::default()
-        });
+            8,
+        );
         let mut request = HeaderMap::new();
         request.insert("cookie", HeaderValue::from_static("session=real"));
         request.insert("user-agent", HeaderValue::from_static("not listed"));

@@ -1788,6 +1788,12 @@ impl Config {
             .connect
             .validate()
             .map_err(|e| ConfigError::invalid("client.proxy.connect.endpoint", e))?;
+        if self.client.proxy.max_in_flight == 0 {
+            return Err(ConfigError::invalid(
+                "client.proxy.max_in_flight",
+                "must be greater than 0",
+            ));
+        }
         if !LOG_LEVELS.contains(&self.log.level.as_str()) {
             return Err(ConfigError::invalid(
                 "log.level",

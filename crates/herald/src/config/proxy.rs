@@ -9,12 +9,24 @@ use serde::{Deserialize, Serialize};
 use super::duration;
 
 /// `client.proxy`: the client-wide events proxied to the backend.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ClientProxyConfig {
     /// `client.proxy.connect`: called when a client connects without a token; the backend
     /// decides the user (or refuses).
     pub connect: ProxyEndpointConfig,
+    /// Most proxy calls one node makes at once; more wait for a slot within their timeout.
+    /// Herald only. Default `1024`.
+    pub max_in_flight: usize,
+}
+
+impl Default for ClientProxyConfig {
+    fn default() -> Self {
+        ClientProxyConfig {
+            connect: ProxyEndpointConfig::default(),
+            max_in_flight: 1024,
+        }
+    }
 }
 
 /// One proxied event: where to send it and what to send along.
