@@ -78,8 +78,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The gRPC services (see `src/transport/grpc.rs` and `src/grpc_api.rs`):
+/// The gRPC services (see `src/transport/grpc.rs`, `src/grpc_api.rs` and `src/proxy/`):
 /// - the server API (`api.proto`): messages, tonic server and client;
+/// - the proxy protocol (`proxy.proto`): messages, tonic client and server;
 /// - the client-facing streams (`unistream.proto`, `herald_stream.proto`): tonic clients
 ///   from the `.proto` files (their messages are the client protocol's, reused through
 ///   `extern_path`), and servers defined by hand (`tonic_build::manual`) with Herald's own
@@ -90,6 +91,13 @@ fn compile_grpc() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         .bytes(".")
         .compile_fds(api)?;
+    // The proxy protocol: Herald is the client; the server side is generated too, for
+    // the tests' backends and for anyone writing one in Rust.
+    let proxy = protox::compile(["proto/proxy.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_transport(false)
+        .bytes(".")
+        .compile_fds(proxy)?;
     let mut streams = protox::compile(
         ["proto/unistream.proto", "proto/herald_stream.proto"],
         ["proto"],

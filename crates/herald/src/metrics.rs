@@ -36,6 +36,16 @@ pub struct MethodLabel {
     pub method: &'static str,
 }
 
+/// Labels of [`Metrics::proxy_calls`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxyLabel {
+    /// The hook: connect, refresh, subscribe, publish, sub_refresh, rpc.
+    pub hook: &'static str,
+    /// `accepted`, `refused` (an error or disconnect from the backend) or `failed` (no
+    /// usable answer: down, slow, non-200, malformed).
+    pub result: &'static str,
+}
+
 /// Label: how a gap in a subscriber's stream was found.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GapLabel {
@@ -131,6 +141,8 @@ pub struct Metrics {
     pub channels: Gauge,
     /// Bytes waiting in client queues (sampled).
     pub queued_bytes: Gauge,
+    /// Proxy hook calls by hook and result.
+    pub proxy_calls: Family<ProxyLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -159,6 +171,7 @@ impl Metrics {
             subscriptions: Gauge::default(),
             channels: Gauge::default(),
             queued_bytes: Gauge::default(),
+            proxy_calls: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open connections", m.connections.clone());
@@ -212,7 +225,28 @@ impl Metrics {
             "Bytes waiting in client queues",
             m.queued_bytes.clone(),
         );
+        registry.register(
+            "proxy_calls",
+            "Proxy hook calls to the backend, by hook and result",
+            m.proxy_calls.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one proxy call by its answer.
+    pub fn proxy_call(
+        &self,
+        hook: &'static str,
+        answer: &Result<crate::proxy::Outcome, crate::proxy::ProxyError>,
+    ) {
+        let result = match answer {
+            Ok(crate::proxy::Outcome::Accept(_)) => "accepted",
+            Ok(_) => "refused",
+            Err(_) => "failed",
+        };
+        self.proxy_calls
+            .get_or_create(&ProxyLabel { hook, result })
+            .inc();
     }
 
     /// Adds the Redis engine's metrics (`herald_redis_*`).

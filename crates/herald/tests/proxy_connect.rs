@@ -228,12 +228,15 @@ async fn a_slow_failing_or_absent_backend_gives_a_temporary_error_in_time() {
 #[tokio::test]
 async fn a_config_with_a_bad_endpoint_is_refused_with_its_key() {
     for (endpoint, says) in [
-        ("grpc://127.0.0.1:1", "gRPC proxies are not supported yet"),
+        (
+            "grpc://127.0.0.1:1/path",
+            "a gRPC endpoint is grpc://host:port",
+        ),
         (
             "https://127.0.0.1:1/connect",
             "https proxies are not supported yet",
         ),
-        ("127.0.0.1:1/connect", "must be an http:// URL"),
+        ("127.0.0.1:1/connect", "must be an http:// or grpc:// URL"),
     ] {
         let mut config = herald::config::Config::default();
         config.client.proxy.connect.enabled = true;

@@ -49,7 +49,10 @@ use serde_json::{Map, Value};
 
 mod proxy;
 
-pub use proxy::{ClientProxyConfig, ProxyEndpointConfig, ProxyHttpConfig};
+pub use proxy::{
+    ChannelProxyConfig, ClientProxyConfig, ProxyEndpointConfig, ProxyGrpcConfig, ProxyHttpConfig,
+    ProxyProtocol, RpcConfig, RpcNamespace, RpcOptions,
+};
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "HERALD_";
@@ -194,6 +197,11 @@ pub struct Config {
     pub admin: AdminConfig,
     /// What SIGTERM does: the drain of a node (rolling restarts).
     pub shutdown: ShutdownConfig,
+    /// Clients' `rpc` commands: which go to the backend, through which proxy.
+    pub rpc: RpcConfig,
+    /// Named proxies, selected by namespaces (`subscribe_proxy_name`, ...,
+    /// `rpc.namespaces[].proxy_name`); each a proxy object with a `name`.
+    pub proxies: Vec<ProxyEndpointConfig>,
 }
 
 impl Default for Config {
@@ -220,6 +228,8 @@ impl Default for Config {
             demo: EnabledFlag::default(),
             admin: AdminConfig::default(),
             shutdown: ShutdownConfig::default(),
+            rpc: RpcConfig::default(),
+            proxies: Vec::new(),
         }
     }
 }
@@ -1520,6 +1530,8 @@ pub struct ChannelConfig {
     pub user_separator: String,
     /// Longest channel name, in bytes. Default 255.
     pub max_length: usize,
+    /// Default endpoints of the channel hooks (subscribe, publish, sub_refresh).
+    pub proxy: ChannelProxyConfig,
 }
 
 impl Default for ChannelConfig {
@@ -1533,6 +1545,7 @@ impl Default for ChannelConfig {
             user_boundary: "#".to_owned(),
             user_separator: ",".to_owned(),
             max_length: 255,
+            proxy: ChannelProxyConfig::default(),
         }
     }
 }
@@ -1685,6 +1698,21 @@ channel_options! {
     /// When set, channel names (without the namespace) must match this
     /// regular expression. Not validated here; the user of it compiles it.
     channel_regex: String,
+    /// Ask the backend (subscribe proxy) whether a client may subscribe, instead of the
+    /// `allow_subscribe_*` rules; not for subscriptions with a token or to user-limited
+    /// channels.
+    subscribe_proxy_enabled: bool,
+    /// The named proxy for subscribes; empty: `channel.proxy.subscribe`.
+    subscribe_proxy_name: String,
+    /// Ask the backend (publish proxy) about each client publication, instead of the
+    /// `allow_publish_*` rules; it may replace the data.
+    publish_proxy_enabled: bool,
+    /// The named proxy for publications; empty: `channel.proxy.publish`.
+    publish_proxy_name: String,
+    /// Ask the backend (sub_refresh proxy) to prolong expiring subscriptions.
+    sub_refresh_proxy_enabled: bool,
+    /// The named proxy for sub_refresh; empty: `channel.proxy.sub_refresh`.
+    sub_refresh_proxy_name: String,
 }
 
 impl ChannelOptions {
@@ -1783,11 +1811,7 @@ impl Config {
     /// Checks the values that deserialization cannot: cross-field rules,
     /// ranges, names. The error names the key at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.client
-            .proxy
-            .connect
-            .validate()
-            .map_err(|e| ConfigError::invalid("client.proxy.connect.endpoint", e))?;
+        self.validate_proxies()?;
         if self.client.proxy.max_in_flight == 0 {
             return Err(ConfigError::invalid(
                 "client.proxy.max_in_flight",
@@ -2096,6 +2120,123 @@ fn check_whole_seconds(key: &str, d: Duration) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+impl Config {
+    /// The proxy hooks: every endpoint in use is one Herald can call, and every name a
+    /// namespace selects exists.
+    fn validate_proxies(&self) -> Result<(), ConfigError> {
+        for (key, p) in [
+            ("client.proxy.connect", &self.client.proxy.connect),
+            ("client.proxy.refresh", &self.client.proxy.refresh),
+        ] {
+            if p.enabled {
+                p.validate()
+                    .map_err(|e| ConfigError::invalid(format!("{key}.endpoint"), e))?;
+            }
+        }
+        for (key, p) in [
+            ("channel.proxy.subscribe", &self.channel.proxy.subscribe),
+            ("channel.proxy.publish", &self.channel.proxy.publish),
+            ("channel.proxy.sub_refresh", &self.channel.proxy.sub_refresh),
+            ("rpc.proxy", &self.rpc.proxy),
+        ] {
+            if !p.endpoint.is_empty() {
+                p.validate()
+                    .map_err(|e| ConfigError::invalid(format!("{key}.endpoint"), e))?;
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, p) in self.proxies.iter().enumerate() {
+            let key = format!("proxies[{i}]");
+            if !valid_namespace_name(&p.name) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    format!(
+                        "invalid proxy name {:?}, must match ^[-a-zA-Z0-9_.]{{2,}}$",
+                        p.name
+                    ),
+                ));
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    format!("duplicate proxy {:?}", p.name),
+                ));
+            }
+            p.validate()
+                .map_err(|e| ConfigError::invalid(format!("{key}.endpoint"), e))?;
+        }
+        let channel = &self.channel;
+        let namespaces = std::iter::once((
+            "channel.without_namespace".to_string(),
+            &channel.without_namespace,
+        ))
+        .chain(
+            channel
+                .namespaces
+                .iter()
+                .enumerate()
+                .map(|(i, ns)| (format!("channel.namespaces[{i}]"), &ns.options)),
+        );
+        for (key, o) in namespaces {
+            for (enabled, name, hook, default) in [
+                (
+                    o.subscribe_proxy_enabled,
+                    &o.subscribe_proxy_name,
+                    "subscribe",
+                    &channel.proxy.subscribe,
+                ),
+                (
+                    o.publish_proxy_enabled,
+                    &o.publish_proxy_name,
+                    "publish",
+                    &channel.proxy.publish,
+                ),
+                (
+                    o.sub_refresh_proxy_enabled,
+                    &o.sub_refresh_proxy_name,
+                    "sub_refresh",
+                    &channel.proxy.sub_refresh,
+                ),
+            ] {
+                if enabled {
+                    proxy::check_selection(name, default, &format!("channel.proxy.{hook}"), &names)
+                        .map_err(|e| {
+                            ConfigError::invalid(format!("{key}.{hook}_proxy_enabled"), e)
+                        })?;
+                }
+            }
+        }
+        let rpc = &self.rpc;
+        let mut seen = HashSet::new();
+        for (i, ns) in rpc.namespaces.iter().enumerate() {
+            let key = format!("rpc.namespaces[{i}]");
+            if !valid_namespace_name(&ns.name) || !seen.insert(ns.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    format!(
+                        "invalid or duplicate RPC namespace name {:?}, must match ^[-a-zA-Z0-9_.]{{2,}}$",
+                        ns.name
+                    ),
+                ));
+            }
+            if ns.proxy_enabled {
+                proxy::check_selection(&ns.proxy_name, &rpc.proxy, "rpc.proxy", &names)
+                    .map_err(|e| ConfigError::invalid(format!("{key}.proxy_enabled"), e))?;
+            }
+        }
+        if rpc.without_namespace.proxy_enabled {
+            proxy::check_selection(
+                &rpc.without_namespace.proxy_name,
+                &rpc.proxy,
+                "rpc.proxy",
+                &names,
+            )
+            .map_err(|e| ConfigError::invalid("rpc.without_namespace.proxy_enabled", e))?;
+        }
+        Ok(())
+    }
 }
 
 /// `^[-a-zA-Z0-9_.]{2,}$`

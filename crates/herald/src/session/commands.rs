@@ -1,5 +1,7 @@
-//! Channel commands other than subscribing: publish, presence, presence_stats and history,
-//! each checked against the namespace's permissions.
+//! Commands other than connecting and subscribing: publish, presence, presence_stats and
+//! history, each checked against the namespace's permissions (or, for publish, by the
+//! backend when the namespace enables the publish proxy), and RPC, answered by the
+//! backend through the RPC proxy.
 
 use std::collections::HashMap;
 
@@ -10,6 +12,7 @@ use crate::engine::{HistoryFilter, StreamPosition};
 use crate::error::ClientError;
 use crate::protocol::proto;
 use crate::protocol::proto::Reply;
+use crate::proxy::{Call, ChannelHook, Hook};
 
 impl Session {
     /// Checks a channel operation against the namespace's options (see
@@ -28,11 +31,40 @@ impl Session {
     }
 
     pub(super) async fn on_publish(&mut self, req: proto::PublishRequest) -> Handled {
-        self.authorize(&req.channel, Operation::Publish)?;
+        let node = self.node.clone();
+        let opts = node.channel_options(&req.channel)?;
         if req.data.is_empty() {
             return Err(ClientError::BAD_REQUEST
                 .with_message("data required")
                 .into());
+        }
+        let mut data = req.data;
+        let mut tags = HashMap::new();
+        let mut skip_history = false;
+        if opts.publish_proxy_enabled {
+            // The backend decides instead of the allow_publish_* rules, and may replace
+            // the data.
+            let proxy = node
+                .proxies
+                .channel(ChannelHook::Publish, opts)
+                .ok_or(ClientError::INTERNAL)?;
+            let call = Call {
+                hook: Hook::Publish,
+                conn: self.proxy_conn(),
+                channel: &req.channel,
+                method: "",
+                data: &data,
+                name: "",
+                version: "",
+            };
+            let granted = self.ask(proxy, call).await?;
+            if let Some(replaced) = granted.data {
+                data = replaced;
+            }
+            tags = granted.tags;
+            skip_history = granted.skip_history;
+        } else {
+            self.authorize(&req.channel, Operation::Publish)?;
         }
         let chan_info = self
             .subs
@@ -40,11 +72,40 @@ impl Session {
             .map(|s| s.chan_info.clone())
             .unwrap_or_default();
         let info = self.client_info(&chan_info);
-        self.node
-            .publish(&req.channel, req.data, Some(info), HashMap::new(), false)
+        node.publish(&req.channel, data, Some(info), tags, skip_history)
             .await?;
         Ok(Some(Reply {
             publish: Some(proto::PublishResult {}),
+            ..Default::default()
+        }))
+    }
+
+    /// A client's RPC: answered by the backend when the method's RPC namespace enables
+    /// the proxy; `not available` (108) otherwise, as Centrifugo without an RPC handler.
+    pub(super) async fn on_rpc(&mut self, req: proto::RpcRequest) -> Handled {
+        let node = self.node.clone();
+        let proxy = node
+            .config
+            .rpc
+            .options(&req.method)
+            .and_then(|opts| node.proxies.rpc(&opts));
+        let Some(proxy) = proxy else {
+            return Err(ClientError::NOT_AVAILABLE.into());
+        };
+        let call = Call {
+            hook: Hook::Rpc,
+            conn: self.proxy_conn(),
+            channel: "",
+            method: &req.method,
+            data: &req.data,
+            name: "",
+            version: "",
+        };
+        let granted = self.ask(proxy, call).await?;
+        Ok(Some(Reply {
+            rpc: Some(proto::RpcResult {
+                data: granted.data.unwrap_or_default(),
+            }),
             ..Default::default()
         }))
     }

@@ -14,7 +14,9 @@ use crate::error::{ClientError, Disconnect};
 use crate::hub::{PositionTag, Tags};
 use crate::protocol::proto;
 use crate::protocol::proto::Reply;
-use crate::proxy::{ConnectCall, ConnectGrant, ConnectOutcome};
+use crate::proxy::{Call, Hook};
+
+use super::subscribe::Grant;
 
 impl Session {
     /// Connects a unidirectional client from its connect request. Failures that a
@@ -40,6 +42,9 @@ impl Session {
             Err(Failure::Reply(e)) if e.code == ClientError::UNAUTHORIZED.code => {
                 Err(Disconnect::INVALID_TOKEN)
             }
+            Err(Failure::Reply(e)) if e.code == ClientError::INTERNAL.code => {
+                Err(Disconnect::SERVER_ERROR)
+            }
             Err(Failure::Reply(_)) => Err(Disconnect::BAD_REQUEST),
         }
     }
@@ -49,6 +54,11 @@ impl Session {
             return Err(Failure::Close(Disconnect::BAD_REQUEST));
         }
         let cfg = self.node.config.clone();
+        let node = self.node.clone();
+        if node.proxies.any() {
+            self.emulated_headers = req.headers.clone();
+        }
+        self.refresh_by_proxy = node.proxies.refresh().is_some();
         let mut channels = Vec::new();
         let mut connect_data = Bytes::new();
         if !req.token.is_empty() {
@@ -70,13 +80,23 @@ impl Session {
                     return Err(Failure::Close(Disconnect::INVALID_TOKEN));
                 }
             }
-        } else if self.node.proxies.connect_enabled() {
-            let grant = self.ask_connect_proxy(&req).await?;
-            self.user = grant.user;
-            self.set_expiry(grant.expire_at);
-            self.conn_info = grant.info;
-            connect_data = grant.data;
-            channels = grant.channels;
+        } else if let Some(proxy) = node.proxies.connect() {
+            let call = Call {
+                hook: Hook::Connect,
+                conn: self.proxy_conn(),
+                channel: "",
+                method: "",
+                data: &req.data,
+                name: &req.name,
+                version: &req.version,
+            };
+            let granted = self.ask(proxy, call).await?;
+            self.user = granted.user;
+            self.set_expiry(granted.expire_at);
+            self.conn_info = granted.info.unwrap_or_default();
+            self.meta = granted.meta.unwrap_or_default();
+            connect_data = granted.data.unwrap_or_default();
+            channels = granted.channels;
         } else if !(cfg.client.insecure || cfg.client.allow_anonymous_connect_without_token) {
             return Err(ClientError::UNAUTHORIZED.into());
         }
@@ -97,9 +117,9 @@ impl Session {
         let mut activations = Vec::new();
         channels.sort();
         channels.dedup();
-        let mut wanted: Vec<(String, Bytes, Option<i64>)> = channels
+        let mut wanted: Vec<(String, Grant)> = channels
             .into_iter()
-            .map(|c| (c, Bytes::new(), None))
+            .map(|c| (c, Grant::default()))
             .collect();
         if self.transport.unidirectional {
             // A unidirectional client cannot send subscribe commands: the connect request
@@ -107,26 +127,21 @@ impl Session {
             let mut requested: Vec<(&String, &proto::SubscribeRequest)> = req.subs.iter().collect();
             requested.sort_by(|a, b| a.0.cmp(b.0));
             for (channel, sub_req) in requested {
-                if wanted.iter().any(|(c, _, _)| c == channel) {
+                if wanted.iter().any(|(c, _)| c == channel) {
                     continue;
                 }
-                let opts = self.node.channel_options(channel)?;
-                let (chan_info, expire_at) =
-                    self.authorize_subscribe(channel, opts, &sub_req.token)?;
-                wanted.push((channel.clone(), chan_info, expire_at));
+                let grant = self.authorize_subscribe(channel, sub_req).await?;
+                wanted.push((channel.clone(), grant));
             }
         }
-        for (channel, chan_info, expire_at) in wanted {
+        for (channel, grant) in wanted {
             let mut sub_req = req.subs.get(&channel).cloned().unwrap_or_default();
             if let Some(pos) = self.resume.remove(&channel) {
                 sub_req.recover = true;
                 sub_req.offset = pos.offset;
                 sub_req.epoch = pos.epoch;
             }
-            match self
-                .subscribe_core(&channel, &sub_req, chan_info, expire_at, true)
-                .await
-            {
+            match self.subscribe_core(&channel, &sub_req, grant, true).await {
                 Ok((result, position)) => {
                     subs.insert(channel.clone(), result);
                     activations.push((channel, position));
@@ -159,7 +174,13 @@ impl Session {
                 epoch: Arc::from(result.epoch.as_str()),
             });
         }
-        let (expires, ttl) = Self::ttl(self.expire_at);
+        // With a refresh proxy, the server prolongs the connection: the client is not
+        // told it expires.
+        let (expires, ttl) = if self.refresh_by_proxy {
+            (false, 0)
+        } else {
+            Self::ttl(self.expire_at)
+        };
         let reply = Reply {
             id,
             connect: Some(proto::ConnectResult {
@@ -235,35 +256,47 @@ impl Session {
         }
     }
 
-    /// Asks the backend's connect proxy who this client is (a connect without a token). A
-    /// backend that refuses gives its error or disconnect; one that fails or is too slow
-    /// gives the temporary internal error (100), so SDKs retry with backoff.
-    async fn ask_connect_proxy(
-        &mut self,
-        req: &proto::ConnectRequest,
-    ) -> Result<ConnectGrant, Failure> {
-        let call = ConnectCall {
-            client: &self.handle.client,
-            transport: self.transport.name,
-            encoding: self.transport.encoding,
-            name: &req.name,
-            version: &req.version,
-            data: &req.data,
-            emulated: &req.headers,
-            headers: &self.request_headers,
+    /// The connection reached its expiry and the refresh proxy prolongs it: asks the
+    /// backend. `expired` (or a refusal) ends the connection (3005); a new `expire_at`
+    /// moves the deadline, with new info when it sends some. A backend that fails is asked
+    /// again later (`REFRESH_RETRY`), the connection kept meanwhile.
+    pub(super) async fn refresh_with_proxy(&mut self) -> Result<(), Disconnect> {
+        const REFRESH_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+        let node = self.node.clone();
+        let Some(proxy) = node.proxies.refresh() else {
+            return Err(Disconnect::EXPIRED);
         };
-        let started = std::time::Instant::now();
-        let answer = self.node.proxies.connect(call).await;
-        tracing::debug!(client = %self.handle.client, elapsed_ms = started.elapsed().as_millis() as u64, "connect proxy answered");
-        match answer {
-            Some(Ok(ConnectOutcome::Accept(grant))) => Ok(grant),
-            Some(Ok(ConnectOutcome::Refuse(e))) => Err(e.into()),
-            Some(Ok(ConnectOutcome::Disconnect(d))) => Err(Failure::Close(d)),
-            Some(Err(e)) => {
-                tracing::warn!(client = %self.handle.client, error = %e, "connect proxy failed");
-                Err(ClientError::INTERNAL.into())
+        let no_data = Bytes::new();
+        let call = Call {
+            hook: Hook::Refresh,
+            conn: self.proxy_conn(),
+            channel: "",
+            method: "",
+            data: &no_data,
+            name: "",
+            version: "",
+        };
+        match self.ask(proxy, call).await {
+            Ok(g) if g.expired => Err(Disconnect::EXPIRED),
+            Ok(g) => {
+                if let Some(info) = g.info {
+                    self.conn_info = info;
+                }
+                if let Some(meta) = g.meta {
+                    self.meta = meta;
+                }
+                match g.expire_at {
+                    Some(at) if at > now_millis() / 1000 => self.set_expiry(Some(at)),
+                    Some(_) => return Err(Disconnect::EXPIRED),
+                    None => self.set_expiry(None),
+                }
+                Ok(())
             }
-            None => Err(ClientError::UNAUTHORIZED.into()),
+            Err(Failure::Reply(e)) if e.code == ClientError::INTERNAL.code => {
+                self.expire_deadline = Some(Instant::now() + REFRESH_RETRY);
+                Ok(())
+            }
+            Err(_) => Err(Disconnect::EXPIRED),
         }
     }
 }

@@ -75,8 +75,7 @@ impl Session {
                     .subscribe_core(
                         &channel,
                         &proto::SubscribeRequest::default(),
-                        Bytes::new(),
-                        None,
+                        super::subscribe::Grant::default(),
                         true,
                     )
                     .await

@@ -12,10 +12,17 @@ use crate::protocol::proto::Reply;
 
 impl Session {
     /// Sets when the credentials expire (Unix seconds) and so when the connection closes:
-    /// `client.expired_close_delay` later, unless the client refreshes first.
+    /// `client.expired_close_delay` later, unless the client refreshes first. With a
+    /// refresh proxy the deadline is the expiry itself: the server asks the backend then.
     pub(super) fn set_expiry(&mut self, expire_at: Option<i64>) {
         self.expire_at = expire_at;
-        self.expire_deadline = self.expiry_deadline(expire_at);
+        self.expire_deadline = if self.refresh_by_proxy {
+            expire_at.map(|at| {
+                Instant::now() + Duration::from_millis((at * 1000 - now_millis()).max(0) as u64)
+            })
+        } else {
+            self.expiry_deadline(expire_at)
+        };
     }
 
     /// The instant credentials expiring at `expire_at` (Unix seconds) close what they
@@ -54,14 +61,22 @@ impl Session {
             return Err(Disconnect::NO_PONG);
         }
         if self.expire_deadline.is_some_and(|d| d <= now) {
-            return Err(Disconnect::EXPIRED);
+            if !self.refresh_by_proxy {
+                return Err(Disconnect::EXPIRED);
+            }
+            self.refresh_with_proxy().await?;
         }
-        if self
+        let expired: Vec<(String, bool)> = self
             .subs
-            .values()
-            .any(|s| s.expire_deadline.is_some_and(|d| d <= now))
-        {
-            return Err(Disconnect::SUBSCRIPTION_EXPIRED);
+            .iter()
+            .filter(|(_, s)| s.expire_deadline.is_some_and(|d| d <= now))
+            .map(|(c, s)| (c.clone(), s.refresh_by_proxy))
+            .collect();
+        for (channel, by_proxy) in expired {
+            if !by_proxy {
+                return Err(Disconnect::SUBSCRIPTION_EXPIRED);
+            }
+            self.sub_refresh_with_proxy(&channel).await?;
         }
         if self.next_ping.is_some_and(|d| d <= now) {
             let cfg = &self.node.config.client;

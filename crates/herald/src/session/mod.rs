@@ -67,8 +67,11 @@ struct SubState {
     generation: u64,
     chan_info: Bytes,
     /// When the subscription token runs out (plus `client.expired_close_delay`) unless
-    /// the client refreshes it with sub_refresh.
+    /// the client refreshes it with sub_refresh; with the sub_refresh proxy, when the
+    /// server asks the backend.
     expire_deadline: Option<Instant>,
+    /// The sub_refresh proxy, not the client, prolongs this subscription.
+    refresh_by_proxy: bool,
 }
 
 /// What a transport feeds a running session: frames to decode, or commands its framing
@@ -118,9 +121,18 @@ pub struct Session {
     /// (`client.channel_position_check_delay`); `None` when checks are off.
     next_position_check: Option<Instant>,
     pong_deadline: Option<Instant>,
-    /// The client's HTTP request headers that some proxy hook forwards (nothing unless
-    /// one is configured); see [`Session::keep_request_headers`].
+    /// The client's HTTP request headers (gRPC: call metadata) that some proxy hook
+    /// forwards (nothing unless one is configured); see [`Session::keep_request_headers`].
     request_headers: http::HeaderMap,
+    /// `headers` of the client's connect command (headers emulation), kept for the hooks
+    /// after connect when some proxy is configured.
+    emulated_headers: HashMap<String, String>,
+    /// The connection's meta from the connect proxy: sent to proxies that include it,
+    /// never to clients.
+    meta: Bytes,
+    /// The connection's expiry is prolonged by the refresh proxy rather than by the
+    /// client.
+    refresh_by_proxy: bool,
 }
 
 impl Session {
@@ -154,17 +166,57 @@ impl Session {
             next_position_check: None,
             pong_deadline: None,
             request_headers: http::HeaderMap::new(),
+            emulated_headers: HashMap::new(),
+            meta: Bytes::new(),
+            refresh_by_proxy: false,
         }
     }
 
-    /// Keeps those of the client's HTTP request headers that a proxy hook forwards to the
-    /// backend (`http_headers` of the proxy's config); the rest are not kept.
+    /// Keeps those of the client's HTTP request headers (or gRPC metadata) that a proxy
+    /// hook forwards to the backend (`http_headers` and `grpc_metadata` of the proxies'
+    /// configs); the rest are not kept.
     pub fn keep_request_headers(&mut self, headers: &http::HeaderMap) {
         for name in self.node.proxies.forwarded_headers() {
             for value in headers.get_all(name) {
-                if let Ok(n) = http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                if let Ok(n) = http::HeaderName::from_bytes(name.as_bytes()) {
                     self.request_headers.append(n, value.clone());
                 }
+            }
+        }
+    }
+
+    /// This connection, as a proxy call describes it.
+    fn proxy_conn(&self) -> crate::proxy::Conn<'_> {
+        crate::proxy::Conn {
+            client: &self.handle.client,
+            transport: self.transport.name,
+            encoding: self.transport.encoding,
+            user: &self.user,
+            meta: &self.meta,
+            headers: &self.request_headers,
+            emulated: &self.emulated_headers,
+            grpc: self.transport.name.contains("grpc"),
+        }
+    }
+
+    /// Asks the backend through `proxy`. A refusal becomes the backend's error reply or
+    /// disconnect; a backend that fails or is too slow gives the temporary internal error
+    /// (100), so SDKs retry with backoff.
+    async fn ask(
+        &self,
+        proxy: &crate::proxy::Proxy,
+        call: crate::proxy::Call<'_>,
+    ) -> Result<crate::proxy::Granted, Failure> {
+        let hook = call.hook;
+        let outcome = proxy.call(call).await;
+        self.node.metrics.proxy_call(hook.name(), &outcome);
+        match outcome {
+            Ok(crate::proxy::Outcome::Accept(granted)) => Ok(granted),
+            Ok(crate::proxy::Outcome::Refuse(e)) => Err(e.into()),
+            Ok(crate::proxy::Outcome::Disconnect(d)) => Err(Failure::Close(d)),
+            Err(e) => {
+                tracing::warn!(client = %self.handle.client, hook = hook.name(), error = %e, "proxy call failed");
+                Err(ClientError::INTERNAL.into())
             }
         }
     }
@@ -355,8 +407,8 @@ impl Session {
                 })),
             );
         }
-        if cmd.rpc.is_some() {
-            return (Some("rpc"), Err(ClientError::NOT_AVAILABLE.into()));
+        if let Some(req) = cmd.rpc {
+            return (Some("rpc"), self.on_rpc(req).await);
         }
         if let Some(req) = cmd.refresh {
             return (Some("refresh"), self.on_refresh(req));

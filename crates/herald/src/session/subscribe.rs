@@ -1,16 +1,21 @@
 //! Subscriptions: subscribe (authorization, recovery), activation in the hub, join and
 //! presence, unsubscribe, and sub_refresh.
 
+use std::borrow::Cow;
+use std::time::Duration;
+
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use super::{Failure, Handled, Session, SubState, permissions, recovery};
 use crate::config::ChannelOptions;
 use crate::engine::{StreamPosition, now_millis};
-use crate::error::ClientError;
+use crate::error::{ClientError, Disconnect};
 use crate::hub::Tags;
 use crate::metrics::GapLabel;
 use crate::protocol::proto;
 use crate::protocol::proto::Reply;
+use crate::proxy::{Call, ChannelHook, Hook, Overrides};
 
 impl Session {
     /// Activates a subscription in the hub (see [`crate::hub::Hub::activate`]).
@@ -29,23 +34,54 @@ impl Session {
         }
     }
 
-    /// Checks that this client may subscribe to `channel` (with the subscription token,
-    /// when it sent one); returns the channel info and when the subscription expires.
-    pub(super) fn authorize_subscribe(
+    /// Decides whether this client may subscribe to `channel`: by the subscription token
+    /// when it sent one; by the backend when the namespace enables the subscribe proxy
+    /// (not for user-limited channels, which name their users); by the namespace's
+    /// `allow_subscribe_*` rules otherwise.
+    pub(super) async fn authorize_subscribe(
         &self,
         channel: &str,
-        opts: &ChannelOptions,
-        token: &str,
-    ) -> Result<(Bytes, Option<i64>), Failure> {
-        if !token.is_empty() {
-            let verified = self.node.sub_verifier.verify_subscribe(token);
+        req: &proto::SubscribeRequest,
+    ) -> Result<Grant, Failure> {
+        let node = self.node.clone();
+        let opts = node.channel_options(channel)?;
+        if !req.token.is_empty() {
+            let verified = node.sub_verifier.verify_subscribe(&req.token);
             let now_secs = now_millis() / 1000;
-            return Ok(permissions::subscription_grant(
-                verified, channel, &self.user, now_secs,
-            )?);
+            let (chan_info, expire_at) =
+                permissions::subscription_grant(verified, channel, &self.user, now_secs)?;
+            return Ok(Grant {
+                chan_info,
+                expire_at,
+                ..Grant::default()
+            });
         }
-        if permissions::may_subscribe(channel, opts, &self.node.config.channel, self.asker()) {
-            Ok((Bytes::new(), None))
+        let cfg = &node.config.channel;
+        let user_limited = opts.allow_user_limited_channels && cfg.is_user_limited(channel);
+        if opts.subscribe_proxy_enabled && !user_limited && !cfg.is_private(channel) {
+            let proxy = node
+                .proxies
+                .channel(ChannelHook::Subscribe, opts)
+                .ok_or(ClientError::INTERNAL)?;
+            let call = Call {
+                hook: Hook::Subscribe,
+                conn: self.proxy_conn(),
+                channel,
+                method: "",
+                data: &req.data,
+                name: "",
+                version: "",
+            };
+            let g = self.ask(proxy, call).await?;
+            return Ok(Grant {
+                chan_info: g.info.unwrap_or_default(),
+                expire_at: g.expire_at,
+                data: g.data.unwrap_or_default(),
+                overrides: g.overrides,
+            });
+        }
+        if permissions::may_subscribe(channel, opts, cfg, self.asker()) {
+            Ok(Grant::default())
         } else {
             Err(ClientError::PERMISSION_DENIED.into())
         }
@@ -60,11 +96,8 @@ impl Session {
         if limit > 0 && self.subs.len() >= limit {
             return Err(ClientError::LIMIT_EXCEEDED.into());
         }
-        let opts = self.node.channel_options(&channel)?;
-        let (chan_info, expire_at) = self.authorize_subscribe(&channel, opts, &req.token)?;
-        let (result, position) = self
-            .subscribe_core(&channel, &req, chan_info, expire_at, false)
-            .await?;
+        let grant = self.authorize_subscribe(&channel, &req).await?;
+        let (result, position) = self.subscribe_core(&channel, &req, grant, false).await?;
         let reply = Reply {
             id: _id,
             subscribe: Some(result),
@@ -84,12 +117,17 @@ impl Session {
         &mut self,
         channel: &str,
         req: &proto::SubscribeRequest,
-        chan_info: Bytes,
-        expire_at: Option<i64>,
+        grant: Grant,
         server_side: bool,
     ) -> Result<(proto::SubscribeResult, Option<StreamPosition>), Failure> {
         let node = self.node.clone();
-        let opts = node.channel_options(channel)?;
+        let opts = with_overrides(node.channel_options(channel)?, &grant.overrides);
+        let opts = opts.as_ref();
+        let expire_at = grant.expire_at;
+        // An expiring subscription in a namespace with the sub_refresh proxy is prolonged
+        // by the server asking the backend, not by the client: the reply does not say it
+        // expires.
+        let refresh_by_proxy = expire_at.is_some() && opts.sub_refresh_proxy_enabled;
         let mode = recovery::Mode::of(opts, req);
         let recovery::Mode {
             recoverable,
@@ -100,12 +138,17 @@ impl Session {
         let generation = node
             .hub_subscribe(channel, &self.handle, join_leave)
             .await?;
-        let (expires, ttl) = Self::ttl(expire_at);
+        let (expires, ttl) = if refresh_by_proxy {
+            (false, 0)
+        } else {
+            Self::ttl(expire_at)
+        };
         let mut result = proto::SubscribeResult {
             expires,
             ttl,
             recoverable,
             positioned,
+            data: grant.data,
             ..Default::default()
         };
         let mut position = None;
@@ -138,8 +181,13 @@ impl Session {
                 positioned,
                 server_side,
                 generation,
-                chan_info,
-                expire_deadline: self.expiry_deadline(expire_at),
+                chan_info: grant.chan_info,
+                expire_deadline: if refresh_by_proxy {
+                    at_unix(expire_at)
+                } else {
+                    self.expiry_deadline(expire_at)
+                },
+                refresh_by_proxy,
             },
         );
         Ok((result, position))
@@ -204,4 +252,97 @@ impl Session {
             ..Default::default()
         }))
     }
+
+    /// A subscription prolonged by the sub_refresh proxy reached its expiry: asks the
+    /// backend. `expired` (or a refusal) ends the connection as an expired subscription
+    /// does (3006); a new `expire_at` moves the deadline, with new channel info when it
+    /// sends some. A backend that fails is asked again later, the subscription kept.
+    pub(super) async fn sub_refresh_with_proxy(&mut self, channel: &str) -> Result<(), Disconnect> {
+        const SUB_REFRESH_RETRY: Duration = Duration::from_secs(10);
+        let node = self.node.clone();
+        let proxy = node
+            .channel_options(channel)
+            .ok()
+            .and_then(|opts| node.proxies.channel(ChannelHook::SubRefresh, opts))
+            .ok_or(Disconnect::SUBSCRIPTION_EXPIRED)?;
+        let no_data = Bytes::new();
+        let call = Call {
+            hook: Hook::SubRefresh,
+            conn: self.proxy_conn(),
+            channel,
+            method: "",
+            data: &no_data,
+            name: "",
+            version: "",
+        };
+        let answer = self.ask(proxy, call).await;
+        let Some(sub) = self.subs.get_mut(channel) else {
+            return Ok(());
+        };
+        match answer {
+            Ok(g) if g.expired => Err(Disconnect::SUBSCRIPTION_EXPIRED),
+            Ok(g) => {
+                if let Some(info) = g.info {
+                    sub.chan_info = info;
+                }
+                match g.expire_at {
+                    Some(at) if at > now_millis() / 1000 => {
+                        sub.expire_deadline = at_unix(Some(at));
+                        Ok(())
+                    }
+                    Some(_) => Err(Disconnect::SUBSCRIPTION_EXPIRED),
+                    None => {
+                        sub.expire_deadline = None;
+                        Ok(())
+                    }
+                }
+            }
+            Err(Failure::Reply(e)) if e.code == ClientError::INTERNAL.code => {
+                sub.expire_deadline = Some(Instant::now() + SUB_REFRESH_RETRY);
+                Ok(())
+            }
+            Err(_) => Err(Disconnect::SUBSCRIPTION_EXPIRED),
+        }
+    }
+}
+
+/// What a subscription was granted, by a token, the backend or the namespace's rules.
+#[derive(Debug, Default)]
+pub(super) struct Grant {
+    /// Channel info: in presence, join/leave and publications from this client.
+    pub chan_info: Bytes,
+    /// When the subscription expires (Unix seconds).
+    pub expire_at: Option<i64>,
+    /// Data for the subscribe reply (from the subscribe proxy).
+    pub data: Bytes,
+    /// The subscribe proxy's overrides of the namespace's options.
+    pub overrides: Overrides,
+}
+
+/// The instant of a Unix time (seconds) from now; `None` stays `None`.
+fn at_unix(at: Option<i64>) -> Option<Instant> {
+    at.map(|at| Instant::now() + Duration::from_millis((at * 1000 - now_millis()).max(0) as u64))
+}
+
+/// A namespace's options with a subscribe proxy's overrides applied (borrowed when there
+/// are none).
+fn with_overrides<'a>(opts: &'a ChannelOptions, overrides: &Overrides) -> Cow<'a, ChannelOptions> {
+    if *overrides == Overrides::default() {
+        return Cow::Borrowed(opts);
+    }
+    let mut o = opts.clone();
+    let set = |field: &mut bool, value: Option<bool>| {
+        if let Some(v) = value {
+            *field = v;
+        }
+    };
+    set(&mut o.presence, overrides.presence);
+    set(&mut o.join_leave, overrides.join_leave);
+    set(&mut o.force_recovery, overrides.force_recovery);
+    set(&mut o.force_positioning, overrides.force_positioning);
+    set(
+        &mut o.force_push_join_leave,
+        overrides.force_push_join_leave,
+    );
+    Cow::Owned(o)
 }

@@ -220,11 +220,13 @@ impl CentrifugoUniStream for UniStream {
             emulation: false,
             positions_in_stream: false,
         };
+        // The call's metadata is what proxies forward (`grpc_metadata`).
+        let metadata = request.metadata().clone().into_headers();
         let req = Box::new(request.into_inner());
         let handle = start_session(
             self.node.clone(),
             info,
-            &http::HeaderMap::new(),
+            &metadata,
             Initial::Connect(req, Default::default()),
         )
         .await;
@@ -258,7 +260,8 @@ impl HeraldStream for BidiStream {
             emulation: false,
             positions_in_stream: false,
         };
-        let session = Session::new(self.node.clone(), info);
+        let mut session = Session::new(self.node.clone(), info);
+        session.keep_request_headers(&request.metadata().clone().into_headers());
         let handle = session.handle();
         let failure = InboundFailure::default();
         let failed = failure.clone();
