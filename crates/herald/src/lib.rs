@@ -10,7 +10,7 @@
 //! - [`node`]: the composition root and server-side operations.
 //! - [`hub`] (local fan-out) and [`engine`] (broker and presence behind traits).
 //! - [`protocol`] (wire types and codecs), [`auth`] (tokens to credentials) and [`proxy`]
-//!   (calls to the application's backend).
+//!   (calls to the application's backend, through [`http_client`] when over HTTP).
 //! - [`config`], [`metrics`], [`error`], [`glob`] (the one pattern matcher).
 //!
 //! Invariants: a publication is encoded once per encoding and shared as `Bytes`; every
@@ -24,6 +24,7 @@ pub mod engine;
 pub mod error;
 pub mod glob;
 pub mod grpc_api;
+pub mod http_client;
 pub mod hub;
 pub mod listener;
 pub mod metrics;

@@ -240,6 +240,7 @@ async fn channels_answers_again_once_a_killed_node_is_forgotten() {
 
     // Its own client for this test: a survey of a dead node takes up to 5 s to fail,
     // longer than the support client waits.
+    herald::http_client::install_crypto_provider();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut failures = 0;

@@ -223,6 +223,7 @@ fn api_publish(herald: &Herald, body: Value) -> Value {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
+        herald::http_client::install_crypto_provider();
         let reply = reqwest::Client::new()
             .post(&url)
             .header("X-API-Key", &herald.api_key)

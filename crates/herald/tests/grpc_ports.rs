@@ -132,6 +132,7 @@ async fn grpc_api_and_uni_grpc_serve_on_ports_of_their_own() {
     }
 
     // The ports of their own serve gRPC only: no transports, no HTTP API.
+    herald::http_client::install_crypto_provider();
     let http = reqwest::Client::builder()
         .no_proxy()
         .build()

@@ -265,6 +265,7 @@ fn trailers(payload: &[u8]) -> HashMap<String, String> {
 }
 
 fn http1() -> reqwest::Client {
+    herald::http_client::install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .http1_only()

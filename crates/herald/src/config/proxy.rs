@@ -62,8 +62,9 @@ pub struct ProxyEndpointConfig {
     /// For `client.proxy.connect` and `client.proxy.refresh`: whether the event is
     /// proxied. Default `false`.
     pub enabled: bool,
-    /// `http://host/path` (a JSON POST per event) or `grpc://host:port` (the
-    /// `CentrifugoProxy` service of `proto/proxy.proto`).
+    /// `http://host/path` or `https://host/path` (a JSON POST per event; HTTPS trusts the
+    /// system's roots) or `grpc://host:port` (the `CentrifugoProxy` service of
+    /// `proto/proxy.proto`).
     pub endpoint: String,
     /// How long a call may take before the client gets a temporary error. Default `1s`.
     #[serde(with = "duration")]
@@ -132,7 +133,7 @@ pub struct ProxyGrpcConfig {
 /// How a proxy is reached, by its endpoint's scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyProtocol {
-    /// `http://`: JSON over HTTP POST.
+    /// `http://` or `https://`: JSON over HTTP POST.
     Http,
     /// `grpc://`: unary calls to `CentrifugoProxy`.
     Grpc,
@@ -144,17 +145,11 @@ impl ProxyEndpointConfig {
         if self.endpoint.starts_with("grpc://") {
             return Ok(ProxyProtocol::Grpc);
         }
-        if self.endpoint.starts_with("https://") {
-            return Err(
-                "https proxies are not supported yet; use http:// on a trusted network or grpc://"
-                    .to_string(),
-            );
-        }
-        if self.endpoint.starts_with("http://") {
+        if self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://") {
             return Ok(ProxyProtocol::Http);
         }
         Err(format!(
-            "must be an http:// or grpc:// URL (got {:?})",
+            "must be an http://, https:// or grpc:// URL (got {:?})",
             self.endpoint
         ))
     }

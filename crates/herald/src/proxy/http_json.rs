@@ -1,4 +1,4 @@
-//! Hook calls over HTTP: a JSON POST per event to the proxy's endpoint, answered with
+//! Hook calls over HTTP or HTTPS: a JSON POST per event to the proxy's endpoint, answered with
 //! `{"result": ...}`, `{"error": ...}` or `{"disconnect": ...}` and status 200.
 
 use http::HeaderMap;
@@ -14,7 +14,7 @@ pub(super) struct HttpProxy {
 
 impl HttpProxy {
     pub(super) fn new(config: &ProxyEndpointConfig) -> HttpProxy {
-        let client = reqwest::Client::builder()
+        let client = crate::http_client::builder()
             .timeout(config.timeout)
             .build()
             .unwrap_or_else(|e| {

@@ -82,6 +82,8 @@ pub struct Herald {
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     pub dir: PathBuf,
+    /// Added to the process's environment (kept for restarts).
+    env: Vec<(String, String)>,
     child: Child,
 }
 
@@ -91,10 +93,15 @@ impl Herald {
     /// `client.token.hmac_secret_key` and `http_api.key` get [`DEFAULT_SECRET`] and [`DEFAULT_API_KEY`] when unset.
     /// Panics, with the server's log, when it does not become healthy in time.
     pub fn start(config_json: Value) -> Herald {
+        Self::start_with_env(config_json, &[])
+    }
+
+    /// As [`Herald::start`], with `env` added to the process's environment.
+    pub fn start_with_env(config_json: Value, env: &[(&str, &str)]) -> Herald {
         let dir = make_temp_dir();
         let mut last_error = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            match Self::try_start(&config_json, &dir, attempt) {
+            match Self::try_start(&config_json, &dir, attempt, env) {
                 Ok(herald) => return herald,
                 Err(e) => last_error = e,
             }
@@ -103,7 +110,12 @@ impl Herald {
         panic!("Herald did not start after {START_ATTEMPTS} attempts: {last_error}");
     }
 
-    fn try_start(config_json: &Value, dir: &Path, attempt: usize) -> Result<Herald, String> {
+    fn try_start(
+        config_json: &Value,
+        dir: &Path,
+        attempt: usize,
+        env: &[(&str, &str)],
+    ) -> Result<Herald, String> {
         let port = free_port();
         let mut config = config_json.clone();
         let obj = config
@@ -136,6 +148,7 @@ impl Herald {
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
@@ -148,6 +161,10 @@ impl Herald {
             config_path,
             log_path,
             dir: dir.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child,
         };
 
@@ -257,6 +274,7 @@ impl Herald {
                 .arg("serve")
                 .arg("--config")
                 .arg(&self.config_path)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(log))
                 .stderr(Stdio::from(log_err))

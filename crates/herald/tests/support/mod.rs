@@ -71,6 +71,9 @@ pub fn merge(base: &mut Value, over: Value) {
 }
 
 fn init_tracing() {
+    // The tests' reqwest clients need a process-wide rustls provider (Herald's own bring
+    // theirs).
+    herald::http_client::install_crypto_provider();
     // Off unless RUST_LOG is set; output goes through the test harness's capture.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -89,6 +92,7 @@ pub struct Api {
 impl Api {
     /// The server API at `base` (`http://127.0.0.1:PORT`) with `key`.
     pub fn new(base: impl Into<String>, key: impl Into<String>) -> Api {
+        herald::http_client::install_crypto_provider();
         Api {
             http: reqwest::Client::builder()
                 .no_proxy()
