@@ -441,3 +441,26 @@ async fn a_namespace_naming_a_proxy_that_does_not_exist_is_refused() {
     let e = config.validate().expect_err("no rpc endpoint").to_string();
     assert!(e.contains("rpc.without_namespace.proxy_enabled"), "{e}");
 }
+
+#[tokio::test]
+async fn connection_meta_from_the_token_goes_to_proxies_that_include_it() {
+    let (b, addr) = backend().await;
+    let server = herald(
+        addr,
+        addr,
+        json!({"channel": {"proxy": {"subscribe": {"include_connection_meta": true}}}}),
+    )
+    .await;
+    b.answer("subscribe", json!({"result": {}}));
+    b.answer("publish", json!({"result": {}}));
+    let mut c = server.open(Encoding::Json).await;
+    c.connect(&server.token_with(json!({"sub": "alice", "meta": {"plan": "gold"}})))
+        .await;
+    c.subscribe("room:meta").await;
+    c.call_ok(cmd::publish("room:meta", &json!({"x": 1}))).await;
+    assert_eq!(b.seen("subscribe")[0].1["meta"], json!({"plan": "gold"}));
+    assert!(
+        b.seen("publish")[0].1.get("meta").is_none(),
+        "not for a proxy without include_connection_meta"
+    );
+}

@@ -71,6 +71,12 @@ impl Session {
                     self.user = claims.user;
                     self.set_expiry(expire_at);
                     self.conn_info = claims.info.unwrap_or_default();
+                    if node.proxies.any()
+                        && let Some(meta) = &claims.meta
+                    {
+                        // Kept only for the proxies that send it (include_connection_meta).
+                        self.meta = Bytes::from(meta.to_string());
+                    }
                     channels = claims.channels;
                     channels.extend(claims.subs.into_keys());
                 }
