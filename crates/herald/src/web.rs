@@ -817,7 +817,7 @@ mod tests {
         .await;
         assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
         let token = json_of(&body)["token"].as_str().unwrap().to_owned();
-        let claims = n.verifier.verify_connect(&token).unwrap();
+        let claims = n.verifier.verify_connect(&token).await.unwrap();
         assert_eq!(claims.user, "alice");
         let info: Value = serde_json::from_slice(claims.info.as_deref().unwrap()).unwrap();
         assert_eq!(info, json!({"name": "alice", "transport": "sse"}));

@@ -1203,6 +1203,20 @@ pub struct TokenConfig {
     /// see `docs/configuration.md`.
     #[serde(with = "duration")]
     pub nbf_leeway: Duration,
+    /// URL of a JWKS document (`http://` or `https://`) whose keys, picked by the token's
+    /// `kid`, verify RS and ES tokens. Fetched only from here; empty: no JWKS.
+    pub jwks_public_endpoint: String,
+    /// How long fetched keys are used before the set is fetched again. Herald only.
+    /// Default `1h`.
+    #[serde(with = "duration")]
+    pub jwks_cache_ttl: Duration,
+    /// Fewest time between two fetches caused by tokens naming unknown keys: a flood of
+    /// forged `kid`s costs one fetch per interval. Herald only. Default `10s`.
+    #[serde(with = "duration")]
+    pub jwks_min_refresh_interval: Duration,
+    /// How long a fetch may take. Herald only. Default `5s`.
+    #[serde(with = "duration")]
+    pub jwks_timeout: Duration,
 }
 
 /// Default of `client.token.nbf_leeway` (and `client.subscription_token.nbf_leeway`).
@@ -1221,6 +1235,10 @@ impl Default for TokenConfig {
             audience: String::new(),
             issuer: String::new(),
             nbf_leeway: DEFAULT_NBF_LEEWAY,
+            jwks_public_endpoint: String::new(),
+            jwks_cache_ttl: Duration::from_secs(3600),
+            jwks_min_refresh_interval: Duration::from_secs(10),
+            jwks_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -1231,6 +1249,7 @@ impl TokenConfig {
         !self.hmac_secret_key.is_empty()
             || !self.rsa_public_key.is_empty()
             || !self.ecdsa_public_key.is_empty()
+            || !self.jwks_public_endpoint.is_empty()
     }
 }
 
@@ -1243,6 +1262,10 @@ impl fmt::Debug for TokenConfig {
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
             .field("nbf_leeway", &self.nbf_leeway)
+            .field("jwks_public_endpoint", &self.jwks_public_endpoint)
+            .field("jwks_cache_ttl", &self.jwks_cache_ttl)
+            .field("jwks_min_refresh_interval", &self.jwks_min_refresh_interval)
+            .field("jwks_timeout", &self.jwks_timeout)
             .finish()
     }
 }
@@ -1273,6 +1296,25 @@ struct SubscriptionTokenRepr {
     issuer: String,
     #[serde(with = "duration", default = "default_nbf_leeway")]
     nbf_leeway: Duration,
+    jwks_public_endpoint: String,
+    #[serde(with = "duration", default = "default_jwks_cache_ttl")]
+    jwks_cache_ttl: Duration,
+    #[serde(with = "duration", default = "default_jwks_min_refresh_interval")]
+    jwks_min_refresh_interval: Duration,
+    #[serde(with = "duration", default = "default_jwks_timeout")]
+    jwks_timeout: Duration,
+}
+
+fn default_jwks_cache_ttl() -> Duration {
+    TokenConfig::default().jwks_cache_ttl
+}
+
+fn default_jwks_min_refresh_interval() -> Duration {
+    TokenConfig::default().jwks_min_refresh_interval
+}
+
+fn default_jwks_timeout() -> Duration {
+    TokenConfig::default().jwks_timeout
 }
 
 impl SubscriptionTokenConfig {
@@ -1293,6 +1335,10 @@ impl From<SubscriptionTokenRepr> for SubscriptionTokenConfig {
                 audience: r.audience,
                 issuer: r.issuer,
                 nbf_leeway: r.nbf_leeway,
+                jwks_public_endpoint: r.jwks_public_endpoint,
+                jwks_cache_ttl: r.jwks_cache_ttl,
+                jwks_min_refresh_interval: r.jwks_min_refresh_interval,
+                jwks_timeout: r.jwks_timeout,
             },
         }
     }
@@ -1812,6 +1858,36 @@ impl Config {
     /// ranges, names. The error names the key at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_proxies()?;
+        for (prefix, t) in [
+            ("client.token", &self.client.token),
+            (
+                "client.subscription_token",
+                &self.client.subscription_token.token,
+            ),
+        ] {
+            if t.jwks_public_endpoint.is_empty() {
+                continue;
+            }
+            if !(t.jwks_public_endpoint.starts_with("http://")
+                || t.jwks_public_endpoint.starts_with("https://"))
+            {
+                return Err(ConfigError::invalid(
+                    format!("{prefix}.jwks_public_endpoint"),
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            for (key, d) in [
+                ("jwks_cache_ttl", t.jwks_cache_ttl),
+                ("jwks_timeout", t.jwks_timeout),
+            ] {
+                if d.is_zero() {
+                    return Err(ConfigError::invalid(
+                        format!("{prefix}.{key}"),
+                        "must be greater than 0",
+                    ));
+                }
+            }
+        }
         if self.client.proxy.max_in_flight == 0 {
             return Err(ConfigError::invalid(
                 "client.proxy.max_in_flight",
@@ -3150,7 +3226,7 @@ force_recovery = true
         let (cfg, warnings) = load_str(
             "json",
             r#"{
-                "client": {"tokne": {"hmac_secret_key": "x"}, "token": {"jwks_public_endpoint": "u"}},
+                "client": {"tokne": {"hmac_secret_key": "x"}, "token": {"user_id_claim": "u"}},
                 "channel": {"namespaces": [{"name": "chat", "presense": true}],
                             "without_namespace": {"delta_publish": true}},
                 "client.subscription_token": 1,
@@ -3162,7 +3238,7 @@ force_recovery = true
         .unwrap();
         let mut expected = vec![
             "unknown configuration key client.tokne.hmac_secret_key",
-            "unknown configuration key client.token.jwks_public_endpoint",
+            "unknown configuration key client.token.user_id_claim",
             "unknown configuration key channel.namespaces[0].presense",
             "unknown configuration key channel.without_namespace.delta_publish",
             "unknown configuration key client.subscription_token",

@@ -62,7 +62,7 @@ impl Session {
         let mut channels = Vec::new();
         let mut connect_data = Bytes::new();
         if !req.token.is_empty() {
-            match self.node.verifier.verify_connect(&req.token) {
+            match self.node.verifier.verify_connect(&req.token).await {
                 Ok(claims) => {
                     let expire_at = claims.expire_at.filter(|at| *at > 0);
                     if expire_at.is_some_and(|at| at <= now_millis() / 1000) {
@@ -81,6 +81,10 @@ impl Session {
                     channels.extend(claims.subs.into_keys());
                 }
                 Err(TokenError::Expired) => return Err(ClientError::TOKEN_EXPIRED.into()),
+                Err(TokenError::Unavailable(reason)) => {
+                    tracing::warn!(client = %self.handle.client, %reason, "connection token not verifiable now");
+                    return Err(ClientError::INTERNAL.into());
+                }
                 Err(TokenError::Invalid(reason)) => {
                     tracing::info!(client = %self.handle.client, %reason, "invalid connection token");
                     return Err(Failure::Close(Disconnect::INVALID_TOKEN));
@@ -237,8 +241,8 @@ impl Session {
         Ok(None)
     }
 
-    pub(super) fn on_refresh(&mut self, req: proto::RefreshRequest) -> Handled {
-        match self.node.verifier.verify_connect(&req.token) {
+    pub(super) async fn on_refresh(&mut self, req: proto::RefreshRequest) -> Handled {
+        match self.node.verifier.verify_connect(&req.token).await {
             Ok(claims) if claims.user == self.user => {
                 let expire_at = claims.expire_at.filter(|at| *at > 0);
                 if expire_at.is_some_and(|at| at <= now_millis() / 1000) {
@@ -258,6 +262,7 @@ impl Session {
             }
             Ok(_) => Err(Failure::Close(Disconnect::INVALID_TOKEN)),
             Err(TokenError::Expired) => Err(ClientError::TOKEN_EXPIRED.into()),
+            Err(TokenError::Unavailable(_)) => Err(ClientError::INTERNAL.into()),
             Err(TokenError::Invalid(_)) => Err(Failure::Close(Disconnect::INVALID_TOKEN)),
         }
     }

@@ -411,10 +411,10 @@ impl Session {
             return (Some("rpc"), self.on_rpc(req).await);
         }
         if let Some(req) = cmd.refresh {
-            return (Some("refresh"), self.on_refresh(req));
+            return (Some("refresh"), self.on_refresh(req).await);
         }
         if let Some(req) = cmd.sub_refresh {
-            return (Some("sub_refresh"), self.on_sub_refresh(req));
+            return (Some("sub_refresh"), self.on_sub_refresh(req).await);
         }
         (None, Err(ClientError::METHOD_NOT_FOUND.into()))
     }

@@ -107,6 +107,7 @@ pub(super) fn subscription_grant(
         }
         Ok(_) | Err(TokenError::Invalid(_)) => Err(ClientError::PERMISSION_DENIED),
         Err(TokenError::Expired) => Err(ClientError::TOKEN_EXPIRED),
+        Err(TokenError::Unavailable(_)) => Err(ClientError::INTERNAL),
     }
 }
 

@@ -46,7 +46,7 @@ impl Session {
         let node = self.node.clone();
         let opts = node.channel_options(channel)?;
         if !req.token.is_empty() {
-            let verified = node.sub_verifier.verify_subscribe(&req.token);
+            let verified = node.sub_verifier.verify_subscribe(&req.token).await;
             let now_secs = now_millis() / 1000;
             let (chan_info, expire_at) =
                 permissions::subscription_grant(verified, channel, &self.user, now_secs)?;
@@ -231,11 +231,11 @@ impl Session {
         }))
     }
 
-    pub(super) fn on_sub_refresh(&mut self, req: proto::SubRefreshRequest) -> Handled {
+    pub(super) async fn on_sub_refresh(&mut self, req: proto::SubRefreshRequest) -> Handled {
         if !self.subs.contains_key(&req.channel) {
             return Err(ClientError::PERMISSION_DENIED.into());
         }
-        let verified = self.node.sub_verifier.verify_subscribe(&req.token);
+        let verified = self.node.sub_verifier.verify_subscribe(&req.token).await;
         let (_, expire_at) = permissions::subscription_grant(
             verified,
             &req.channel,

@@ -3,16 +3,17 @@
 //! This module verifies the JWTs clients bring — connection tokens and
 //! subscription (channel) tokens — and turns their claims into credentials,
 //! with Centrifugo's claim names so that tokens minted for Centrifugo work
-//! unchanged. It is pure: no I/O, no clock other than the system time for
-//! `exp` and `nbf`.
+//! unchanged. Its only I/O is fetching keys from a JWKS endpoint when one is
+//! configured ([`jwks`]); its only clock the system time for `exp` and `nbf`.
 //!
 //! # Verification
 //!
 //! The token header's `alg` picks the key: `HS256`/`HS384`/`HS512` use
 //! `hmac_secret_key`, `RS256`/`RS384`/`RS512` use `rsa_public_key`,
 //! `ES256`/`ES384` use `ecdsa_public_key` (a P-256 key for ES256, P-384 for
-//! ES384). An algorithm whose key is not configured, `none`, and every other
-//! algorithm are refused. Then:
+//! ES384). With `jwks_public_endpoint`, an RS or ES token that names a `kid`
+//! is verified with that key of the endpoint's set instead. An algorithm whose
+//! key is not configured, `none`, and every other algorithm are refused. Then:
 //!
 //! - `exp`, when present, must be in the future, with no leeway: a token is
 //!   expired from the second its `exp` names ([`TokenError::Expired`]). A
@@ -53,6 +54,8 @@ use serde_json::value::RawValue;
 
 use crate::config::{ClientConfig, TokenConfig};
 
+pub mod jwks;
+
 /// Why a token was refused. The messages are short and safe to log; they do
 /// not echo the token.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +67,10 @@ pub enum TokenError {
     /// The token is malformed, badly signed, or its claims do not fit.
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// The key that would verify the token cannot be had now (the JWKS endpoint is
+    /// slow, down or answers garbage): a temporary failure, not the token's fault.
+    #[error("verification key unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A configured key cannot be used. The message names the key.
@@ -130,6 +137,8 @@ struct Inner {
     issuer: Option<String>,
     /// `nbf_leeway` in whole seconds: how far ahead `nbf` may be.
     nbf_leeway: i64,
+    /// Keys from `jwks_public_endpoint`, by `kid`.
+    jwks: Option<jwks::Jwks>,
 }
 
 impl fmt::Debug for TokenVerifier {
@@ -214,18 +223,22 @@ impl TokenVerifier {
                 audience: non_empty(&cfg.audience),
                 issuer: non_empty(&cfg.issuer),
                 nbf_leeway: i64::try_from(cfg.nbf_leeway.as_secs()).unwrap_or(i64::MAX),
+                jwks: jwks::Jwks::new(cfg),
             }),
         })
     }
 
     /// Whether any key is configured (a verifier without keys refuses every token).
     pub fn is_configured(&self) -> bool {
-        self.inner.hmac.is_some() || self.inner.rsa.is_some() || self.inner.ecdsa.is_some()
+        self.inner.hmac.is_some()
+            || self.inner.rsa.is_some()
+            || self.inner.ecdsa.is_some()
+            || self.inner.jwks.is_some()
     }
 
     /// Verifies a connection token and returns its credentials.
-    pub fn verify_connect(&self, token: &str) -> Result<ConnectClaims, TokenError> {
-        let claims = self.verify(token)?;
+    pub async fn verify_connect(&self, token: &str) -> Result<ConnectClaims, TokenError> {
+        let claims = self.verify(token).await?;
         let info = claims.info()?;
         Ok(ConnectClaims {
             user: claims.sub.unwrap_or_default(),
@@ -240,8 +253,8 @@ impl TokenVerifier {
     /// Verifies a subscription token and returns its credentials. The token
     /// must carry a non-empty `channel`; whether it is the channel being
     /// subscribed to is for the caller to check.
-    pub fn verify_subscribe(&self, token: &str) -> Result<SubscribeClaims, TokenError> {
-        let claims = self.verify(token)?;
+    pub async fn verify_subscribe(&self, token: &str) -> Result<SubscribeClaims, TokenError> {
+        let claims = self.verify(token).await?;
         let channel = match claims.channel.as_deref() {
             Some(c) if !c.is_empty() => c.to_owned(),
             _ => return Err(invalid("missing channel claim")),
@@ -255,7 +268,7 @@ impl TokenVerifier {
         })
     }
 
-    fn verify(&self, token: &str) -> Result<RawClaims, TokenError> {
+    async fn verify(&self, token: &str) -> Result<RawClaims, TokenError> {
         let parts: Vec<&str> = token.split('.').collect();
         if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
             return Err(invalid(
@@ -267,7 +280,26 @@ impl TokenVerifier {
         let header: RawHeader = serde_json::from_slice(&header_json)
             .map_err(|_| invalid("malformed token header: bad JSON"))?;
 
-        let (alg, key) = self.key_for(&header.alg)?;
+        let jwk;
+        let (alg, key) = match (&self.inner.jwks, header.kid.as_deref()) {
+            (Some(jwks), Some(kid))
+                if header.alg.starts_with("RS") || header.alg.starts_with("ES") =>
+            {
+                let alg = asymmetric_algorithm(&header.alg)?;
+                jwk = jwks
+                    .key(kid)
+                    .await
+                    .map_err(|e| TokenError::Unavailable(e.to_string()))?
+                    .ok_or_else(|| invalid("unknown key id"))?;
+                if !jwk.algorithms.contains(&alg) {
+                    return Err(invalid(&format!(
+                        "algorithm {alg:?} does not match the key's"
+                    )));
+                }
+                (alg, &*jwk.key)
+            }
+            _ => self.key_for(&header.alg)?,
+        };
         let mut validation = Validation::new(alg);
         // Time, audience and issuer are checked below, with Centrifugo's rules.
         validation.required_spec_claims.clear();
@@ -436,6 +468,21 @@ fn ec_curve_algorithm(key: &DecodingKey) -> Option<Algorithm> {
 #[derive(Deserialize)]
 struct RawHeader {
     alg: String,
+    /// Picks the key of a JWKS set. (`jku` and `x5u`, which would name where to fetch
+    /// keys from, are deliberately not read.)
+    kid: Option<String>,
+}
+
+/// The RS or ES algorithm a token header names.
+fn asymmetric_algorithm(alg: &str) -> Result<Algorithm, TokenError> {
+    match alg {
+        "RS256" => Ok(Algorithm::RS256),
+        "RS384" => Ok(Algorithm::RS384),
+        "RS512" => Ok(Algorithm::RS512),
+        "ES256" => Ok(Algorithm::ES256),
+        "ES384" => Ok(Algorithm::ES384),
+        other => Err(invalid(&format!("unsupported algorithm {other:?}"))),
+    }
 }
 
 #[derive(Deserialize)]
@@ -548,6 +595,28 @@ pub fn generate_secret() -> String {
 
 #[cfg(test)]
 mod tests {
+    /// The verifications, awaited on the spot (no JWKS here, so no I/O).
+    trait Now {
+        fn verify_connect_now(&self, token: &str) -> Result<ConnectClaims, TokenError>;
+        fn verify_subscribe_now(&self, token: &str) -> Result<SubscribeClaims, TokenError>;
+    }
+
+    impl Now for TokenVerifier {
+        fn verify_connect_now(&self, token: &str) -> Result<ConnectClaims, TokenError> {
+            runtime().block_on(self.verify_connect(token))
+        }
+        fn verify_subscribe_now(&self, token: &str) -> Result<SubscribeClaims, TokenError> {
+            runtime().block_on(self.verify_subscribe(token))
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
     use super::*;
     use serde_json::json;
 
@@ -660,7 +729,7 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
     fn invalid_reason(err: TokenError) -> String {
         match err {
             TokenError::Invalid(reason) => reason,
-            TokenError::Expired => panic!("expected Invalid, got Expired"),
+            other => panic!("expected Invalid, got {other:?}"),
         }
     }
 
@@ -668,7 +737,7 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
     fn valid_hs256_connect_token() {
         let exp = unix_now() + 3600;
         let token = hs256(&json!({"sub": "42", "exp": exp}));
-        let claims = verifier(&hmac_cfg()).verify_connect(&token).unwrap();
+        let claims = verifier(&hmac_cfg()).verify_connect_now(&token).unwrap();
         assert_eq!(claims.user, "42");
         assert_eq!(claims.expire_at, Some(exp));
         assert_eq!(claims.info, None);
@@ -683,7 +752,10 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
         for alg in [Algorithm::HS384, Algorithm::HS512] {
             let token = sign(alg, &key, &json!({"sub": "u"}));
             assert_eq!(
-                verifier(&hmac_cfg()).verify_connect(&token).unwrap().user,
+                verifier(&hmac_cfg())
+                    .verify_connect_now(&token)
+                    .unwrap()
+                    .user,
                 "u"
             );
         }
@@ -692,7 +764,7 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
     #[test]
     fn missing_sub_is_anonymous_and_no_exp_never_expires() {
         let token = hs256(&json!({}));
-        let claims = verifier(&hmac_cfg()).verify_connect(&token).unwrap();
+        let claims = verifier(&hmac_cfg()).verify_connect_now(&token).unwrap();
         assert_eq!(claims.user, "");
         assert_eq!(claims.expire_at, None);
     }
@@ -700,7 +772,9 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
     #[test]
     fn expired_token() {
         let token = hs256(&json!({"sub": "42", "exp": unix_now() - 10}));
-        let err = verifier(&hmac_cfg()).verify_connect(&token).unwrap_err();
+        let err = verifier(&hmac_cfg())
+            .verify_connect_now(&token)
+            .unwrap_err();
         assert!(matches!(err, TokenError::Expired), "{err:?}");
         assert_eq!(err.to_string(), "token expired");
     }
@@ -712,16 +786,16 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
         let v = verifier(&hmac_cfg());
         let far = unix_now() + 600;
         let err = v
-            .verify_connect(&hs256(&json!({"sub": "42", "nbf": far})))
+            .verify_connect_now(&hs256(&json!({"sub": "42", "nbf": far})))
             .unwrap_err();
         assert!(matches!(err, TokenError::Expired), "{err:?}");
         let err = v
-            .verify_subscribe(&hs256(&json!({"channel": "$c", "nbf": far})))
+            .verify_subscribe_now(&hs256(&json!({"channel": "$c", "nbf": far})))
             .unwrap_err();
         assert!(matches!(err, TokenError::Expired), "{err:?}");
         // Even with an exp far ahead.
         let err = v
-            .verify_connect(&hs256(&json!({"nbf": far, "exp": far + 3600})))
+            .verify_connect_now(&hs256(&json!({"nbf": far, "exp": far + 3600})))
             .unwrap_err();
         assert!(matches!(err, TokenError::Expired), "{err:?}");
     }
@@ -733,16 +807,17 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
         assert_eq!(TokenConfig::default().nbf_leeway, Duration::from_secs(5));
         let v = verifier(&hmac_cfg());
         let skewed = hs256(&json!({"sub": "42", "nbf": now + 3}));
-        assert_eq!(v.verify_connect(&skewed).unwrap().user, "42");
+        assert_eq!(v.verify_connect_now(&skewed).unwrap().user, "42");
         let sub_skewed = hs256(&json!({"channel": "$c", "nbf": now + 3}));
-        assert_eq!(v.verify_subscribe(&sub_skewed).unwrap().channel, "$c");
+        assert_eq!(v.verify_subscribe_now(&sub_skewed).unwrap().channel, "$c");
         assert!(matches!(
-            v.verify_connect(&hs256(&json!({"nbf": now + 30}))),
+            v.verify_connect_now(&hs256(&json!({"nbf": now + 30}))),
             Err(TokenError::Expired)
         ));
         // nbf in the past or now always passes.
-        v.verify_connect(&hs256(&json!({"nbf": now}))).unwrap();
-        v.verify_connect(&hs256(&json!({"nbf": now - 60}))).unwrap();
+        v.verify_connect_now(&hs256(&json!({"nbf": now}))).unwrap();
+        v.verify_connect_now(&hs256(&json!({"nbf": now - 60})))
+            .unwrap();
 
         // A leeway of 0 checks nbf strictly; a larger one lets nbf 30 s ahead through.
         let strict = verifier(&TokenConfig {
@@ -750,7 +825,7 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
             ..hmac_cfg()
         });
         assert!(matches!(
-            strict.verify_connect(&hs256(&json!({"nbf": now + 3}))),
+            strict.verify_connect_now(&hs256(&json!({"nbf": now + 3}))),
             Err(TokenError::Expired)
         ));
         let lenient = verifier(&TokenConfig {
@@ -758,13 +833,13 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
             ..hmac_cfg()
         });
         lenient
-            .verify_connect(&hs256(&json!({"nbf": now + 30})))
+            .verify_connect_now(&hs256(&json!({"nbf": now + 30})))
             .unwrap();
 
         // The leeway does not apply to exp: expired a second ago is expired.
         let expired = hs256(&json!({"exp": now - 1}));
         assert!(matches!(
-            lenient.verify_connect(&expired),
+            lenient.verify_connect_now(&expired),
             Err(TokenError::Expired)
         ));
     }
@@ -783,12 +858,12 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
         let token = hs256(&json!({"channel": "$c", "nbf": unix_now() + 3}));
         let v = TokenVerifier::for_subscriptions(&client).unwrap();
         assert!(matches!(
-            v.verify_subscribe(&token),
+            v.verify_subscribe_now(&token),
             Err(TokenError::Expired)
         ));
         client.subscription_token.enabled = false;
         let v = TokenVerifier::for_subscriptions(&client).unwrap();
-        assert_eq!(v.verify_subscribe(&token).unwrap().channel, "$c");
+        assert_eq!(v.verify_subscribe_now(&token).unwrap().channel, "$c");
     }
 
     #[test]
@@ -798,14 +873,22 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
             &EncodingKey::from_secret(b"another-secret"),
             &json!({"sub": "42"}),
         );
-        let reason = invalid_reason(verifier(&hmac_cfg()).verify_connect(&other).unwrap_err());
+        let reason = invalid_reason(
+            verifier(&hmac_cfg())
+                .verify_connect_now(&other)
+                .unwrap_err(),
+        );
         assert_eq!(reason, "bad signature");
 
         // A valid token whose claims were swapped after signing.
         let genuine = hs256(&json!({"sub": "42"}));
         let parts: Vec<&str> = genuine.split('.').collect();
         let tampered = format!("{}.{}.{}", parts[0], b64(r#"{"sub":"admin"}"#), parts[2]);
-        let reason = invalid_reason(verifier(&hmac_cfg()).verify_connect(&tampered).unwrap_err());
+        let reason = invalid_reason(
+            verifier(&hmac_cfg())
+                .verify_connect_now(&tampered)
+                .unwrap_err(),
+        );
         assert_eq!(reason, "bad signature");
     }
 
@@ -821,7 +904,7 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
             (&format!("{}.e30.sig", b64("not json")), "header: bad JSON"),
         ];
         for (token, expected) in cases {
-            let reason = invalid_reason(v.verify_connect(token).unwrap_err());
+            let reason = invalid_reason(v.verify_connect_now(token).unwrap_err());
             assert!(reason.contains(expected), "{token:?}: {reason}");
         }
         // Signed claims that are not JSON.
@@ -834,7 +917,7 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
         )
         .unwrap();
         let reason = invalid_reason(
-            v.verify_connect(&format!("{header}.{payload}.{sig}"))
+            v.verify_connect_now(&format!("{header}.{payload}.{sig}"))
                 .unwrap_err(),
         );
         assert!(reason.contains("malformed claims"), "{reason}");
@@ -847,7 +930,11 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
             b64(r#"{"alg":"none","typ":"JWT"}"#),
             b64(r#"{"sub":"42"}"#)
         );
-        let reason = invalid_reason(verifier(&hmac_cfg()).verify_connect(&token).unwrap_err());
+        let reason = invalid_reason(
+            verifier(&hmac_cfg())
+                .verify_connect_now(&token)
+                .unwrap_err(),
+        );
         assert!(reason.contains("alg none"), "{reason}");
     }
 
@@ -856,7 +943,11 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
         // An RS256 token against a verifier with only an HMAC secret.
         let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
         let token = sign(Algorithm::RS256, &rsa, &json!({"sub": "42"}));
-        let reason = invalid_reason(verifier(&hmac_cfg()).verify_connect(&token).unwrap_err());
+        let reason = invalid_reason(
+            verifier(&hmac_cfg())
+                .verify_connect_now(&token)
+                .unwrap_err(),
+        );
         assert_eq!(reason, "no key for algorithm RS256");
 
         // Key confusion: an HS256 token "signed" with the RSA public key as the
@@ -870,11 +961,11 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
             &EncodingKey::from_secret(RSA_PUBLIC.as_bytes()),
             &json!({"sub": "42"}),
         );
-        let reason = invalid_reason(verifier(&cfg).verify_connect(&forged).unwrap_err());
+        let reason = invalid_reason(verifier(&cfg).verify_connect_now(&forged).unwrap_err());
         assert_eq!(reason, "no key for algorithm HS256");
 
         let ps = format!("{}.{}.sig", b64(r#"{"alg":"EdDSA"}"#), b64("{}"));
-        let reason = invalid_reason(verifier(&hmac_cfg()).verify_connect(&ps).unwrap_err());
+        let reason = invalid_reason(verifier(&hmac_cfg()).verify_connect_now(&ps).unwrap_err());
         assert!(reason.contains("unsupported algorithm"), "{reason}");
     }
 
@@ -889,7 +980,7 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
         let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
         for alg in [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512] {
             let token = sign(alg, &rsa, &json!({"sub": "rsa-user"}));
-            assert_eq!(v.verify_connect(&token).unwrap().user, "rsa-user");
+            assert_eq!(v.verify_connect_now(&token).unwrap().user, "rsa-user");
         }
         // The same key with escaped newlines (as from an environment variable)
         // and base64-encoded.
@@ -899,7 +990,7 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
                 ..TokenConfig::default()
             };
             let token = sign(Algorithm::RS256, &rsa, &json!({"sub": "x"}));
-            assert_eq!(verifier(&cfg).verify_connect(&token).unwrap().user, "x");
+            assert_eq!(verifier(&cfg).verify_connect_now(&token).unwrap().user, "x");
         }
     }
 
@@ -917,16 +1008,16 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
         });
         let t256 = sign(Algorithm::ES256, &es256, &json!({"sub": "ec"}));
         let t384 = sign(Algorithm::ES384, &es384, &json!({"sub": "ec384"}));
-        assert_eq!(p256.verify_connect(&t256).unwrap().user, "ec");
-        assert_eq!(p384.verify_connect(&t384).unwrap().user, "ec384");
-        let reason = invalid_reason(p256.verify_connect(&t384).unwrap_err());
+        assert_eq!(p256.verify_connect_now(&t256).unwrap().user, "ec");
+        assert_eq!(p384.verify_connect_now(&t384).unwrap().user, "ec384");
+        let reason = invalid_reason(p256.verify_connect_now(&t384).unwrap_err());
         assert!(reason.contains("does not match"), "{reason}");
 
         // An ES256 token signed by another P-256 key (the header claims ES256).
         let mut forged: Vec<String> = t256.split('.').map(str::to_owned).collect();
         let other = sign(Algorithm::ES256, &es256, &json!({"sub": "someone-else"}));
         forged[1] = other.split('.').nth(1).unwrap().to_owned();
-        let reason = invalid_reason(p256.verify_connect(&forged.join(".")).unwrap_err());
+        let reason = invalid_reason(p256.verify_connect_now(&forged.join(".")).unwrap_err());
         assert_eq!(reason, "bad signature");
     }
 
@@ -975,7 +1066,7 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
     fn unconfigured_verifier_refuses_everything() {
         let v = verifier(&TokenConfig::default());
         assert!(!v.is_configured());
-        let reason = invalid_reason(v.verify_connect(&hs256(&json!({}))).unwrap_err());
+        let reason = invalid_reason(v.verify_connect_now(&hs256(&json!({}))).unwrap_err());
         assert_eq!(reason, "no key for algorithm HS256");
     }
 
@@ -983,20 +1074,23 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
     fn info_and_b64info() {
         let v = verifier(&hmac_cfg());
         let token = hs256(&json!({"sub": "1", "info": {"name": "Alice", "tags": [1, 2]}}));
-        let info = v.verify_connect(&token).unwrap().info.unwrap();
+        let info = v.verify_connect_now(&token).unwrap().info.unwrap();
         let parsed: Value = serde_json::from_slice(&info).unwrap();
         assert_eq!(parsed, json!({"name": "Alice", "tags": [1, 2]}));
 
         let token = hs256(&json!({"sub": "1", "b64info": STANDARD.encode(b"\x00\x01binary")}));
-        let info = v.verify_connect(&token).unwrap().info.unwrap();
+        let info = v.verify_connect_now(&token).unwrap().info.unwrap();
         assert_eq!(&info[..], b"\x00\x01binary");
 
         // b64info wins over info.
         let token = hs256(&json!({"info": {"a": 1}, "b64info": STANDARD.encode("raw")}));
-        assert_eq!(&v.verify_connect(&token).unwrap().info.unwrap()[..], b"raw");
+        assert_eq!(
+            &v.verify_connect_now(&token).unwrap().info.unwrap()[..],
+            b"raw"
+        );
 
         let token = hs256(&json!({"b64info": "%%%"}));
-        let reason = invalid_reason(v.verify_connect(&token).unwrap_err());
+        let reason = invalid_reason(v.verify_connect_now(&token).unwrap_err());
         assert_eq!(reason, "b64info: bad base64");
     }
 
@@ -1008,13 +1102,17 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
             "subs": {"personal#1": {"data": {"x": 1}}},
             "meta": {"plan": "pro"},
         }));
-        let claims = verifier(&hmac_cfg()).verify_connect(&token).unwrap();
+        let claims = verifier(&hmac_cfg()).verify_connect_now(&token).unwrap();
         assert_eq!(claims.channels, vec!["news", "chat:lobby"]);
         assert_eq!(claims.subs["personal#1"], json!({"data": {"x": 1}}));
         assert_eq!(claims.meta, Some(json!({"plan": "pro"})));
 
         let token = hs256(&json!({"channels": "news"}));
-        let reason = invalid_reason(verifier(&hmac_cfg()).verify_connect(&token).unwrap_err());
+        let reason = invalid_reason(
+            verifier(&hmac_cfg())
+                .verify_connect_now(&token)
+                .unwrap_err(),
+        );
         assert!(reason.starts_with("malformed claims"), "{reason}");
     }
 
@@ -1023,23 +1121,26 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
         let v = verifier(&hmac_cfg());
         let now = unix_now();
         let both = hs256(&json!({"exp": now + 100, "expire_at": now + 50}));
-        assert_eq!(v.verify_connect(&both).unwrap().expire_at, Some(now + 50));
+        assert_eq!(
+            v.verify_connect_now(&both).unwrap().expire_at,
+            Some(now + 50)
+        );
         let never = hs256(&json!({"exp": now + 100, "expire_at": 0}));
-        assert_eq!(v.verify_connect(&never).unwrap().expire_at, None);
+        assert_eq!(v.verify_connect_now(&never).unwrap().expire_at, None);
         let only_exp = hs256(&json!({"exp": now + 100}));
         assert_eq!(
-            v.verify_connect(&only_exp).unwrap().expire_at,
+            v.verify_connect_now(&only_exp).unwrap().expire_at,
             Some(now + 100)
         );
         let float_exp = hs256(&json!({"exp": (now + 100) as f64 + 0.5}));
         assert_eq!(
-            v.verify_connect(&float_exp).unwrap().expire_at,
+            v.verify_connect_now(&float_exp).unwrap().expire_at,
             Some(now + 100)
         );
         // expire_at does not make an expired token valid.
         let expired = hs256(&json!({"exp": now - 1, "expire_at": now + 100}));
         assert!(matches!(
-            v.verify_connect(&expired),
+            v.verify_connect_now(&expired),
             Err(TokenError::Expired)
         ));
     }
@@ -1057,7 +1158,7 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
             json!({"aud": "herald", "iss": iss}),
             json!({"aud": ["other", "herald"], "iss": iss}),
         ] {
-            v.verify_connect(&hs256(&ok)).unwrap();
+            v.verify_connect_now(&hs256(&ok)).unwrap();
         }
         for (claims, reason) in [
             (json!({"aud": "other", "iss": iss}), "audience mismatch"),
@@ -1065,12 +1166,12 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
             (json!({"aud": "herald", "iss": "evil"}), "issuer mismatch"),
             (json!({"aud": "herald"}), "issuer mismatch"),
         ] {
-            let got = invalid_reason(v.verify_connect(&hs256(&claims)).unwrap_err());
+            let got = invalid_reason(v.verify_connect_now(&hs256(&claims)).unwrap_err());
             assert_eq!(got, reason, "{claims}");
         }
         // Without configured audience/issuer the claims are not checked.
         verifier(&hmac_cfg())
-            .verify_connect(&hs256(&json!({"aud": "anything", "iss": "anyone"})))
+            .verify_connect_now(&hs256(&json!({"aud": "anything", "iss": "anyone"})))
             .unwrap();
     }
 
@@ -1081,19 +1182,19 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
         let token = hs256(&json!({
             "sub": "42", "channel": "$gossips", "exp": now + 60, "info": {"role": "mod"}
         }));
-        let claims = v.verify_subscribe(&token).unwrap();
+        let claims = v.verify_subscribe_now(&token).unwrap();
         assert_eq!(claims.user, "42");
         assert_eq!(claims.channel, "$gossips");
         assert_eq!(claims.expire_at, Some(now + 60));
         assert_eq!(&claims.info.unwrap()[..], br#"{"role":"mod"}"#);
 
         for claims in [json!({"sub": "42"}), json!({"sub": "42", "channel": ""})] {
-            let reason = invalid_reason(v.verify_subscribe(&hs256(&claims)).unwrap_err());
+            let reason = invalid_reason(v.verify_subscribe_now(&hs256(&claims)).unwrap_err());
             assert_eq!(reason, "missing channel claim");
         }
         let expired = hs256(&json!({"channel": "$x", "exp": now - 5}));
         assert!(matches!(
-            v.verify_subscribe(&expired),
+            v.verify_subscribe_now(&expired),
             Err(TokenError::Expired)
         ));
     }
@@ -1108,31 +1209,31 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
         let token = hs256(&json!({"channel": "$c"}));
         // Disabled: client.token's keys.
         let v = TokenVerifier::for_subscriptions(&client).unwrap();
-        assert_eq!(v.verify_subscribe(&token).unwrap().channel, "$c");
+        assert_eq!(v.verify_subscribe_now(&token).unwrap().channel, "$c");
         // Enabled: only the subscription keys.
         client.subscription_token.enabled = true;
         let v = TokenVerifier::for_subscriptions(&client).unwrap();
-        assert!(v.verify_subscribe(&token).is_err());
+        assert!(v.verify_subscribe_now(&token).is_err());
         let sub_token = sign(
             Algorithm::HS256,
             &EncodingKey::from_secret(b"sub-secret"),
             &json!({"channel": "$c"}),
         );
-        assert_eq!(v.verify_subscribe(&sub_token).unwrap().channel, "$c");
+        assert_eq!(v.verify_subscribe_now(&sub_token).unwrap().channel, "$c");
     }
 
     #[test]
     fn gentoken_round_trip() {
         let channels = vec!["news".to_owned()];
         let token = make_hs256_token(SECRET, "alice", Some(Duration::from_secs(3600)), &channels);
-        let claims = verifier(&hmac_cfg()).verify_connect(&token).unwrap();
+        let claims = verifier(&hmac_cfg()).verify_connect_now(&token).unwrap();
         assert_eq!(claims.user, "alice");
         assert_eq!(claims.channels, channels);
         let exp = claims.expire_at.unwrap();
         assert!((exp - unix_now() - 3600).abs() <= 2, "{exp}");
 
         let forever = make_hs256_token(SECRET, "", None, &[]);
-        let claims = verifier(&hmac_cfg()).verify_connect(&forever).unwrap();
+        let claims = verifier(&hmac_cfg()).verify_connect_now(&forever).unwrap();
         assert_eq!(claims.expire_at, None);
         assert!(claims.channels.is_empty());
     }
