@@ -9,7 +9,7 @@
 //! # Verification
 //!
 //! The token header's `alg` picks the key: `HS256`/`HS384`/`HS512` use
-//! `hmac_secret_key`, `RS256`/`RS384`/`RS512` use `rsa_public_key`,
+//! `hmac_secret_key` (then each of `hmac_previous_secret_keys`, for rotation), `RS256`/`RS384`/`RS512` use `rsa_public_key`,
 //! `ES256`/`ES384` use `ecdsa_public_key` (a P-256 key for ES256, P-384 for
 //! ES384). With `jwks_public_endpoint`, an RS or ES token that names a `kid`
 //! is verified with that key of the endpoint's set instead. An algorithm whose
@@ -130,6 +130,8 @@ pub struct TokenVerifier {
 
 struct Inner {
     hmac: Option<DecodingKey>,
+    /// `hmac_previous_secret_keys`: tried when `hmac` does not verify an HS token.
+    hmac_previous: Vec<DecodingKey>,
     rsa: Option<DecodingKey>,
     /// The key and the one algorithm its curve allows.
     ecdsa: Option<(DecodingKey, Algorithm)>,
@@ -218,6 +220,11 @@ impl TokenVerifier {
         Ok(TokenVerifier {
             inner: Arc::new(Inner {
                 hmac,
+                hmac_previous: cfg
+                    .hmac_previous_secret_keys
+                    .iter()
+                    .map(|k| DecodingKey::from_secret(k.as_bytes()))
+                    .collect(),
                 rsa,
                 ecdsa,
                 audience: non_empty(&cfg.audience),
@@ -308,7 +315,22 @@ impl TokenVerifier {
         validation.validate_aud = false;
         validation.leeway = 0;
 
-        let claims = jsonwebtoken::decode::<RawClaims>(token, key, &validation)
+        let mut decoded = jsonwebtoken::decode::<RawClaims>(token, key, &validation);
+        if matches!(&decoded, Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature))
+            && matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+        {
+            // During a rotation, tokens signed with a previous secret still verify.
+            if let Some(ok) = self
+                .inner
+                .hmac_previous
+                .iter()
+                .map(|k| jsonwebtoken::decode::<RawClaims>(token, k, &validation))
+                .find(Result::is_ok)
+            {
+                decoded = ok;
+            }
+        }
+        let claims = decoded
             .map_err(|e| invalid(&describe_jwt_error(e.kind())))?
             .claims;
 
@@ -744,6 +766,39 @@ tn6OdhwvJTD8ZHX1aWc0kjhnVjXICoQNyvUg6W+l5BdsXyM3TEpbFNEj+0xpY8oH\n\
         assert!(claims.channels.is_empty());
         assert!(claims.subs.is_empty());
         assert_eq!(claims.meta, None);
+    }
+
+    #[test]
+    fn previous_hmac_secrets_verify_during_a_rotation() {
+        let old = |claims: &Value| {
+            sign(
+                Algorithm::HS256,
+                &EncodingKey::from_secret(b"old-secret"),
+                claims,
+            )
+        };
+        let rotating = verifier(&TokenConfig {
+            hmac_previous_secret_keys: vec!["older".into(), "old-secret".into()],
+            ..hmac_cfg()
+        });
+        let claims = rotating
+            .verify_connect_now(&old(&json!({"sub": "7"})))
+            .unwrap();
+        assert_eq!(claims.user, "7");
+        assert_eq!(
+            rotating
+                .verify_connect_now(&hs256(&json!({"sub": "8"})))
+                .unwrap()
+                .user,
+            "8",
+            "the current secret still verifies"
+        );
+        let reason = invalid_reason(
+            verifier(&hmac_cfg())
+                .verify_connect_now(&old(&json!({"sub": "7"})))
+                .unwrap_err(),
+        );
+        assert_eq!(reason, "bad signature", "without the old secret configured");
     }
 
     #[test]

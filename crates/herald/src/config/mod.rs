@@ -1186,6 +1186,10 @@ impl ClientConfig {
 pub struct TokenConfig {
     /// Shared secret for HS256, HS384 and HS512 tokens.
     pub hmac_secret_key: String,
+    /// Secrets that verify HS tokens too, for rotation: tokens signed with the previous
+    /// secret stay valid while new ones are signed with `hmac_secret_key`. Herald only.
+    /// Default none.
+    pub hmac_previous_secret_keys: Vec<String>,
     /// PEM public key for RS256, RS384 and RS512 tokens.
     pub rsa_public_key: String,
     /// PEM public key (P-256 or P-384) for ES256 or ES384 tokens.
@@ -1230,6 +1234,7 @@ impl Default for TokenConfig {
     fn default() -> Self {
         TokenConfig {
             hmac_secret_key: String::new(),
+            hmac_previous_secret_keys: Vec::new(),
             rsa_public_key: String::new(),
             ecdsa_public_key: String::new(),
             audience: String::new(),
@@ -1257,6 +1262,14 @@ impl fmt::Debug for TokenConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenConfig")
             .field("hmac_secret_key", &redacted(&self.hmac_secret_key))
+            .field(
+                "hmac_previous_secret_keys",
+                &self
+                    .hmac_previous_secret_keys
+                    .iter()
+                    .map(|k| redacted(k))
+                    .collect::<Vec<_>>(),
+            )
             .field("rsa_public_key", &self.rsa_public_key)
             .field("ecdsa_public_key", &self.ecdsa_public_key)
             .field("audience", &self.audience)
@@ -1290,6 +1303,7 @@ pub struct SubscriptionTokenConfig {
 struct SubscriptionTokenRepr {
     enabled: bool,
     hmac_secret_key: String,
+    hmac_previous_secret_keys: Vec<String>,
     rsa_public_key: String,
     ecdsa_public_key: String,
     audience: String,
@@ -1330,6 +1344,7 @@ impl From<SubscriptionTokenRepr> for SubscriptionTokenConfig {
             enabled: r.enabled,
             token: TokenConfig {
                 hmac_secret_key: r.hmac_secret_key,
+                hmac_previous_secret_keys: r.hmac_previous_secret_keys,
                 rsa_public_key: r.rsa_public_key,
                 ecdsa_public_key: r.ecdsa_public_key,
                 audience: r.audience,
@@ -1865,6 +1880,15 @@ impl Config {
                 &self.client.subscription_token.token,
             ),
         ] {
+            if !t.hmac_previous_secret_keys.is_empty()
+                && (t.hmac_secret_key.is_empty()
+                    || t.hmac_previous_secret_keys.iter().any(String::is_empty))
+            {
+                return Err(ConfigError::invalid(
+                    format!("{prefix}.hmac_previous_secret_keys"),
+                    "needs hmac_secret_key (the current secret) and no empty entry",
+                ));
+            }
             if t.jwks_public_endpoint.is_empty() {
                 continue;
             }
