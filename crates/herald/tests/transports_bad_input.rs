@@ -443,4 +443,28 @@ async fn a_same_origin_host_is_no_exception_under_an_origin_list() {
         let same = status(&http_unlisted, path, &unlisted.addr.to_string(), &own).await;
         assert_ne!(same, 403, "{path}: same origin without a list");
     }
+    // POST /emulation: a foreign page may not drive a session either.
+    let emulate = |origin: &'static str| {
+        let req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri("/emulation")
+            .header(http::header::ORIGIN, origin)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                br#"{"session":"s","node":"","data":"{}"}"#,
+            )))
+            .expect("request");
+        let http = http_listed.clone();
+        async move {
+            let (resp, conn) = http.send(req).await;
+            conn.abort();
+            resp.status().as_u16()
+        }
+    };
+    assert_eq!(emulate("http://evil.example").await, 403, "/emulation");
+    assert_ne!(
+        emulate("https://app.example.com").await,
+        403,
+        "/emulation, listed"
+    );
 }

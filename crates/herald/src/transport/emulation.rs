@@ -37,6 +37,10 @@ fn bad_request(msg: String) -> Response {
 
 /// Routes commands to the session that owns them.
 pub async fn handler(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+    // A page from a foreign origin may not drive a session, even one whose id it learnt.
+    if !super::origin_allowed(&headers, &node.config.client.allowed_origins) {
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
     let (session, target, data) = if is_protobuf_request(&headers) {
         match EmulationRequest::decode(body) {
             Ok(r) => (r.session, r.node, r.data),
