@@ -617,6 +617,14 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// How many connections `user` has on this node.
+    pub fn user_connection_count(&self, user: &str) -> usize {
+        self.users[shard_of(user)]
+            .read()
+            .get(user)
+            .map_or(0, |c| c.len())
+    }
+
     /// Every connected client.
     pub fn all_clients(&self) -> Vec<Arc<ClientHandle>> {
         self.clients

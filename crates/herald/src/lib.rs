@@ -11,7 +11,8 @@
 //! - [`hub`] (local fan-out) and [`engine`] (broker and presence behind traits).
 //! - [`protocol`] (wire types and codecs), [`auth`] (tokens to credentials) and [`proxy`]
 //!   (calls to the application's backend, through [`http_client`] when over HTTP).
-//! - [`config`], [`metrics`], [`error`], [`glob`] (the one pattern matcher).
+//! - [`config`], [`metrics`], [`error`], [`glob`] (the one pattern matcher), [`rate`] (the one
+//!   rate limiter).
 //!
 //! Invariants: a publication is encoded once per encoding and shared as `Bytes`; every
 //! client queue is bounded; every channel's publications reach each subscriber in offset
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod proxy;
+pub mod rate;
 pub mod request_body;
 pub mod server;
 pub mod session;

@@ -36,6 +36,13 @@ pub struct MethodLabel {
     pub method: &'static str,
 }
 
+/// Labels of [`Metrics::limited`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// Which limit refused it.
+    pub limit: &'static str,
+}
+
 /// Labels of [`Metrics::proxy_calls`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProxyLabel {
@@ -143,6 +150,8 @@ pub struct Metrics {
     pub queued_bytes: Gauge,
     /// Proxy hook calls by hook and result.
     pub proxy_calls: Family<ProxyLabel, Counter>,
+    /// Actions refused by a limit, by limit.
+    pub limited: Family<LimitLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -172,6 +181,7 @@ impl Metrics {
             channels: Gauge::default(),
             queued_bytes: Gauge::default(),
             proxy_calls: Family::default(),
+            limited: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open connections", m.connections.clone());
@@ -226,11 +236,21 @@ impl Metrics {
             m.queued_bytes.clone(),
         );
         registry.register(
+            "limited",
+            "Actions refused by a limit: connect (connection_rate_limit), connection_limit, user_connection_limit, command, publication",
+            m.limited.clone(),
+        );
+        registry.register(
             "proxy_calls",
             "Proxy hook calls to the backend, by hook and result",
             m.proxy_calls.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one action refused by `limit`.
+    pub fn rate_limited(&self, limit: &'static str) {
+        self.limited.get_or_create(&LimitLabel { limit }).inc();
     }
 
     /// Counts one proxy call by its answer.

@@ -129,6 +129,8 @@ pub struct Node {
     pub sub_verifier: TokenVerifier,
     /// Calls to the application's backend (proxy hooks).
     pub proxies: crate::proxy::Proxies,
+    /// New connects allowed per second on this node (`client.connection_rate_limit`).
+    pub connect_rate: parking_lot::Mutex<crate::rate::TokenBucket>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Broker and presence; started by [`Node::start`], closed by [`Node::close`].
@@ -222,6 +224,10 @@ impl Node {
                 .register_handler(Arc::new(ControlReceiver { node: node.clone() }));
             Node {
                 proxies: crate::proxy::Proxies::new(&config),
+                connect_rate: parking_lot::Mutex::new(crate::rate::TokenBucket::new(
+                    f64::from(config.client.connection_rate_limit),
+                    f64::from(config.client.connection_rate_limit),
+                )),
                 config: Arc::new(config),
                 hub,
                 verifier,

@@ -189,8 +189,10 @@ async fn flood_of_subscribe_unsubscribe_is_answered(enc: Encoding) {
                 assert!(answered.insert(reply.id), "two replies to {}", reply.id);
                 if let Some(e) = &reply.error {
                     errors += 1;
+                    // 111: over client.command_rate_limit; 105: a subscribe whose channel's
+                    // unsubscribe was one of those refused; 106: over the channel limit.
                     assert!(
-                        e.code == 111 || e.code == 106,
+                        matches!(e.code, 111 | 105 | 106),
                         "unexpected error under load: {e:?}"
                     );
                 }

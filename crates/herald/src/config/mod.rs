@@ -1141,6 +1141,26 @@ pub struct ClientConfig {
     pub max_json_depth: usize,
     /// `client.proxy`: events proxied to the application's backend.
     pub proxy: ClientProxyConfig,
+    /// Most connected clients on this node; a connect beyond is closed with 3504.
+    /// `0`: no limit (default).
+    pub connection_limit: usize,
+    /// Most connections of one user (not anonymous) on this node; a connect beyond is
+    /// closed with 3504. `0`: no limit (default).
+    pub user_connection_limit: usize,
+    /// Most connects per second on this node (a burst of as many is allowed); a connect
+    /// beyond is closed with 3504, and the SDKs retry with backoff. `0`: no limit
+    /// (default).
+    pub connection_rate_limit: u32,
+    /// Commands per second one connection may send, on average; beyond, a command is
+    /// answered with error 111 (too many requests) and not executed. `0`: no limit.
+    /// Herald only. Default `100`.
+    pub command_rate_limit: u32,
+    /// How many commands a connection may send at once above the rate (a reconnecting
+    /// SDK resubscribes to every channel in one go). Herald only. Default `256`.
+    pub command_rate_burst: u32,
+    /// Publications per second one connection may send (with a burst of as many);
+    /// beyond, error 111. `0`: no limit (default). Herald only.
+    pub publication_rate_limit: u32,
 }
 
 impl Default for ClientConfig {
@@ -1163,6 +1183,12 @@ impl Default for ClientConfig {
             presence_update_interval: Duration::from_secs(27),
             max_json_depth: 512,
             proxy: ClientProxyConfig::default(),
+            connection_limit: 0,
+            user_connection_limit: 0,
+            connection_rate_limit: 0,
+            command_rate_limit: 100,
+            command_rate_burst: 256,
+            publication_rate_limit: 0,
         }
     }
 }

@@ -38,6 +38,10 @@ impl Session {
                 .with_message("data required")
                 .into());
         }
+        if !self.publication_rate.try_take() {
+            node.metrics.rate_limited("publication");
+            return Err(ClientError::TOO_MANY_REQUESTS.into());
+        }
         let mut data = req.data;
         let mut tags = HashMap::new();
         let mut skip_history = false;

@@ -55,6 +55,16 @@ impl Session {
         }
         let cfg = self.node.config.clone();
         let node = self.node.clone();
+        // Limits first, before any token or backend work is spent on the connect.
+        let limits = &cfg.client;
+        if !node.connect_rate.lock().try_take() {
+            node.metrics.rate_limited("connect");
+            return Err(Failure::Close(Disconnect::CONNECTION_LIMIT));
+        }
+        if limits.connection_limit > 0 && node.hub.num_clients() >= limits.connection_limit {
+            node.metrics.rate_limited("connection_limit");
+            return Err(Failure::Close(Disconnect::CONNECTION_LIMIT));
+        }
         if node.proxies.any() {
             self.emulated_headers = req.headers.clone();
         }
@@ -112,6 +122,13 @@ impl Session {
         }
         if self.node.is_shutting_down() {
             return Err(Failure::Close(Disconnect::SHUTDOWN));
+        }
+        if limits.user_connection_limit > 0
+            && !self.user.is_empty()
+            && node.hub.user_connection_count(&self.user) >= limits.user_connection_limit
+        {
+            node.metrics.rate_limited("user_connection_limit");
+            return Err(Failure::Close(Disconnect::CONNECTION_LIMIT));
         }
         self.connected = true;
         self.stale_deadline = None;

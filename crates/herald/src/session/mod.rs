@@ -133,12 +133,25 @@ pub struct Session {
     /// The connection's expiry is prolonged by the refresh proxy rather than by the
     /// client.
     refresh_by_proxy: bool,
+    /// Commands this connection may still send (`client.command_rate_limit`).
+    command_rate: crate::rate::TokenBucket,
+    /// Publications this connection may still send (`client.publication_rate_limit`).
+    publication_rate: crate::rate::TokenBucket,
 }
 
 impl Session {
     /// A new, not yet connected session with its own outbound queue.
     pub fn new(node: Arc<Node>, transport: TransportInfo) -> Session {
         let stale_close_delay = node.config.client.stale_close_delay;
+        let limits = &node.config.client;
+        let command_rate = crate::rate::TokenBucket::new(
+            f64::from(limits.command_rate_limit),
+            f64::from(limits.command_rate_burst),
+        );
+        let publication_rate = crate::rate::TokenBucket::new(
+            f64::from(limits.publication_rate_limit),
+            f64::from(limits.publication_rate_limit),
+        );
         let handle = node
             .hub
             .new_client(transport.encoding, node.config.client.max_queue_size);
@@ -169,6 +182,8 @@ impl Session {
             emulated_headers: HashMap::new(),
             meta: Bytes::new(),
             refresh_by_proxy: false,
+            command_rate,
+            publication_rate,
         }
     }
 
@@ -376,6 +391,10 @@ impl Session {
         if cmd.send.is_some() {
             // Asynchronous message with no handler configured: accepted and dropped.
             return (Some("send"), Ok(None));
+        }
+        if !self.command_rate.try_take() {
+            self.node.metrics.rate_limited("command");
+            return (None, Err(ClientError::TOO_MANY_REQUESTS.into()));
         }
         if id == 0 {
             return (None, Err(Failure::Close(Disconnect::BAD_REQUEST)));
