@@ -32,10 +32,13 @@ impl TokenBucket {
 
     /// Takes one token; `false` when there is none (the action is over the rate).
     pub fn try_take(&mut self) -> bool {
+        self.try_take_at(Instant::now())
+    }
+
+    fn try_take_at(&mut self, now: Instant) -> bool {
         if self.is_unlimited() {
             return true;
         }
-        let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
@@ -54,16 +57,17 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn a_burst_then_the_rate() {
+    #[test]
+    fn a_burst_then_the_rate() {
         let mut b = TokenBucket::new(10.0, 3.0);
-        assert!(b.try_take() && b.try_take() && b.try_take());
-        assert!(!b.try_take(), "the burst is spent");
-        tokio::time::advance(Duration::from_millis(100)).await;
-        assert!(b.try_take(), "one token per 100 ms");
-        assert!(!b.try_take());
-        tokio::time::advance(Duration::from_secs(10)).await;
-        let taken = (0..10).filter(|_| b.try_take()).count();
+        let t0 = b.last;
+        assert!(b.try_take_at(t0) && b.try_take_at(t0) && b.try_take_at(t0));
+        assert!(!b.try_take_at(t0), "the burst is spent");
+        let t1 = t0 + Duration::from_millis(100);
+        assert!(b.try_take_at(t1), "one token per 100 ms");
+        assert!(!b.try_take_at(t1));
+        let t2 = t1 + Duration::from_secs(10);
+        let taken = (0..10).filter(|_| b.try_take_at(t2)).count();
         assert_eq!(taken, 3, "never more than the burst");
         let mut unlimited = TokenBucket::new(0.0, 0.0);
         assert!((0..10_000).all(|_| unlimited.try_take()));
