@@ -47,7 +47,7 @@ const NODE_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(3);
 const NODE_TTL: Duration = Duration::from_secs(7);
 
 /// How long a survey waits for the answers of the nodes it asked (Centrifugo waits 10 s).
-/// A node that died keeps its place in the registry for up to [`NODE_TTL`]; a survey
+/// A node that died keeps its place in the registry for up to `NODE_TTL`; a survey
 /// asking it in that window fails after this long.
 pub const SURVEY_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -1,7 +1,7 @@
 //! The Redis engine: several Herald nodes on one Redis (or Redis-compatible store) act as
 //! one server. [`RedisBroker`] moves publications, join and leave events between nodes over
 //! Redis PUB/SUB and keeps history in Redis Streams; [`RedisPresence`] keeps presence in
-//! Redis. Both spread channels over the configured instances ([`Shards`]).
+//! Redis. Both spread channels over the configured instances (`Shards`).
 //!
 //! # Keys (`P` is `engine.redis.prefix`, `C` the channel)
 //!
