@@ -39,3 +39,29 @@ fn tls_config() -> &'static rustls::ClientConfig {
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// `url` as logs may show it: without user info and query string, which may carry
+/// credentials.
+pub fn loggable_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.to_string()
+        }
+        Err(_) => "(unparsable URL)".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_in_logs_lose_credentials_and_queries() {
+        assert_eq!(
+            super::loggable_url("https://user:pw@keys.example.com/jwks?token=s3cret"),
+            "https://keys.example.com/jwks"
+        );
+        assert_eq!(super::loggable_url("not a url"), "(unparsable URL)");
+    }
+}

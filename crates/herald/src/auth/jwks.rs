@@ -122,14 +122,14 @@ impl Jwks {
         self.cache.write().attempted = Some(Instant::now());
         match self.fetch().await {
             Ok(keys) => {
-                tracing::info!(endpoint = %self.endpoint, keys = keys.len(), "JWKS fetched");
+                tracing::info!(endpoint = %crate::http_client::loggable_url(&self.endpoint), keys = keys.len(), "JWKS fetched");
                 let mut c = self.cache.write();
                 c.keys = keys;
                 c.fetched = c.attempted;
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(endpoint = %self.endpoint, error = %e, "JWKS fetch failed");
+                tracing::warn!(endpoint = %crate::http_client::loggable_url(&self.endpoint), error = %e, "JWKS fetch failed");
                 Err(e)
             }
         }
@@ -151,7 +151,7 @@ impl Jwks {
             .get(&self.endpoint)
             .send()
             .await
-            .map_err(|e| JwksError::Request(e.to_string()))?;
+            .map_err(|e| JwksError::Request(e.without_url().to_string()))?;
         if response.status() != reqwest::StatusCode::OK {
             return Err(JwksError::Status(response.status().as_u16()));
         }
@@ -165,7 +165,7 @@ impl Jwks {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| JwksError::Request(e.to_string()))?
+            .map_err(|e| JwksError::Request(e.without_url().to_string()))?
         {
             if body.len() + chunk.len() > MAX_JWKS_SIZE {
                 return Err(JwksError::TooLarge);

@@ -39,14 +39,14 @@ impl HttpProxy {
             .json(&body)
             .send()
             .await
-            .map_err(|e| ProxyError::Request(e.to_string()))?;
+            .map_err(|e| ProxyError::Request(e.without_url().to_string()))?;
         if response.status() != reqwest::StatusCode::OK {
             return Err(ProxyError::Status(response.status().as_u16()));
         }
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| ProxyError::Request(e.to_string()))?;
+            .map_err(|e| ProxyError::Request(e.without_url().to_string()))?;
         serde_json::from_slice::<ResponseJson>(&bytes)
             .map_err(|e| ProxyError::Malformed(e.to_string()))?
             .outcome()
