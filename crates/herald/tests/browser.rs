@@ -6,7 +6,8 @@
 //! 2. the centrifuge JS SDK over WebSocket: connect, subscribe, API publication, publish from the page, presence;
 //! 3. the centrifuge JS SDK over SSE emulation (`/connection/sse` + `/emulation`): the same, and recovery of the
 //!    publications missed across a server-forced reconnect;
-//! 4. a screenshot of the final page in `target/test-output/browser/final.png`.
+//! 4. a screenshot of the final page in `target/test-output/browser/final.png`;
+//! 5. (a test of its own) a page of another origin, holding the user's cookie, refused on every transport.
 //!
 //! The checks live in `tests/browser/browser_e2e.cjs`; this test starts Herald, mints the tokens with
 //! `herald gentoken` and runs the script with Node. It fails (never skips) when Chromium is missing: install it with
@@ -114,4 +115,42 @@ fn browser_eventsource_and_centrifuge_sdk_in_headless_chromium() {
         .arg(&chromium);
     let out = run_with_timeout(cmd, SCRIPT_TIMEOUT);
     out.assert_all_checks_passed("node tests/browser/browser_e2e.cjs");
+}
+
+/// A page of another origin, with the user's cookies, cannot open a WebSocket or an EventSource to Herald: Herald
+/// authenticates by cookie (connect proxy) and the cross-origin attempts are refused before the cookie is used;
+/// the same browser on Herald's own origin connects. The checks live in `tests/browser/cross_origin.cjs`.
+#[test]
+fn a_cross_origin_page_with_the_users_cookies_is_refused_in_chromium() {
+    let root = repo_root();
+    let chromium = std::env::var_os("HERALD_TEST_CHROMIUM")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CHROMIUM));
+    assert!(
+        chromium.is_file(),
+        "needs Chromium at {}",
+        chromium.display()
+    );
+    let backend_port = common::free_port();
+    let mut config = default_config();
+    config["client"]["proxy"] = serde_json::json!({"connect": {
+        "enabled": true,
+        "endpoint": format!("http://127.0.0.1:{backend_port}/connect"),
+        "http_headers": ["Cookie"]
+    }});
+    // No list: same-origin pages only (the default).
+    config["client"]["allowed_origins"] = serde_json::json!([]);
+    let herald = Herald::start(config);
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&root)
+        .arg(root.join("tests").join("browser").join("cross_origin.cjs"))
+        .arg("--base")
+        .arg(herald.base_url())
+        .arg("--backend-port")
+        .arg(backend_port.to_string())
+        .arg("--chromium")
+        .arg(&chromium);
+    let out = run_with_timeout(cmd, Duration::from_secs(90));
+    out.assert_all_checks_passed("node tests/browser/cross_origin.cjs");
 }
